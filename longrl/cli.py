@@ -1,0 +1,54 @@
+"""The `longrl` command. Each subcommand lives in its own module exposing
+``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when needed."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("longrl.demo", "Train and evaluate a small long-context DocQA model on CPU, end to end."),
+    "config": ("longrl.config_cli", "Show or check a config file."),
+    "prepare": ("longrl.data.prepare", "Read sources, count tokens, bucket into phases, export."),
+    "synth": ("longrl.data.synth", "Generate synthetic long-context DocQA data."),
+    "judge": ("longrl.rewards.judge_cli", "Judge (question, prediction, gold) pairs with an LLM judge."),
+    "sft": ("longrl.train.sft", "Warm-up supervised fine-tuning."),
+    "rl": ("longrl.train.rl", "GRPO/DAPO reinforcement learning."),
+    "pipeline": ("longrl.pipeline", "SFT -> curriculum RL phases -> evaluation, resumable."),
+    "eval": ("longrl.eval.cli", "Evaluate on DocQA benchmarks, or re-score saved predictions."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longrl", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from longrl.config import ConfigError
+    from longrl.data.records import RecordError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (ConfigError, RecordError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the run directory holds the last checkpoint; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

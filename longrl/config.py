@@ -1,0 +1,672 @@
+"""Typed configuration: nested dataclasses loaded from YAML and validated before any heavy work.
+
+Every field is documented where it is declared, and its default lives there and nowhere else.
+Loading rejects unknown keys, wrong types and impossible values with a :class:`ConfigError` that
+names the key path (``rl.clip_high``) and the file it came from.
+
+Sections validate themselves in ``check()``; cross-section rules live in :meth:`Config.check`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key path and the source file."""
+
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key, self.message, self.source = key, message, source
+        where = f" in {source}" if source else ""
+        super().__init__(f"config key '{key}'{where}: {message}")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train LoRA adapters through peft instead of all weights."""
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (alpha / r scales the update)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that receive adapters."""
+
+    def check(self) -> None:
+        _require(self.r > 0, "r", "must be > 0")
+        _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass
+class RopeScalingConfig:
+    yarn_factor: float = 0.0
+    """YaRN rope scaling factor; 0 disables scaling (e.g. 4.0 stretches a 32K model to 128K)."""
+    original_max_position_embeddings: int = 0
+    """The model's native window; required when yarn_factor > 0."""
+
+    def check(self) -> None:
+        _require(self.yarn_factor == 0.0 or self.yarn_factor >= 1.0, "yarn_factor", "must be 0 (off) or >= 1")
+        if self.yarn_factor:
+            _require(self.original_max_position_embeddings > 0, "original_max_position_embeddings",
+                     "must be > 0 when yarn_factor is set")
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """Hugging Face model id or local directory; a .gguf file is loaded through transformers' gguf support."""
+    tokenizer: str = ""
+    """Tokenizer path; empty means the model's own."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Parameter dtype; auto = float32 on CPU, bfloat16 on CUDA."""
+    device: str = "auto"
+    """'auto', 'cpu', 'cuda', 'cuda:1', ..."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel passed to from_pretrained ('sdpa', 'eager', 'flash_attention_2')."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    rope: RopeScalingConfig = field(default_factory=RopeScalingConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""
+    """File (or directory of files) to read."""
+    format: Literal["auto", "verl", "longbench", "docmath", "frames", "jsonl", "synthetic"] = "auto"
+    """Reader; auto picks by extension and field names."""
+    name: str = ""
+    """Source name recorded on each sample; empty = file stem."""
+    weight: float = 1.0
+    """Mixture weight when several sources feed one phase."""
+
+    def check(self) -> None:
+        _require(bool(self.path), "path", "is required")
+        _require(self.weight > 0, "weight", "must be > 0")
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    """Training data sources."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """Malformed records: raise with file/line/field, or skip them (counted and reported)."""
+    max_input_tokens: int = 0
+    """Drop-with-count samples whose prompt exceeds this many tokens in training (0 = no limit)."""
+    token_count_workers: int = 0
+    """Processes for token counting; 0 = one per CPU core."""
+    cache_dir: str = ""
+    """Token-count cache directory; empty disables the on-disk cache."""
+
+    def check(self) -> None:
+        _require(self.max_input_tokens >= 0, "max_input_tokens", "must be >= 0")
+        _require(self.token_count_workers >= 0, "token_count_workers", "must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rewards and judge
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OverlongConfig:
+    enabled: bool = True
+    """DAPO overlong reward shaping."""
+    buffer_tokens: int = 1000
+    """L_cache: the soft-penalty zone before max_new_tokens (DAPO)."""
+    penalty_factor: float = 1.0
+    """Penalty reached at exactly max_new_tokens."""
+
+    def check(self) -> None:
+        _require(self.buffer_tokens >= 0, "buffer_tokens", "must be >= 0")
+        _require(self.penalty_factor >= 0, "penalty_factor", "must be >= 0")
+
+
+@dataclass
+class JudgeConfig:
+    backend: Literal["none", "openai", "hf"] = "none"
+    """'none' = rule reward only; 'openai' = any OpenAI-compatible endpoint; 'hf' = in-process model."""
+    endpoint: str = "http://127.0.0.1:8000/v1"
+    """Base URL of the OpenAI-compatible server (backend 'openai')."""
+    model: str = ""
+    """Model name sent to the endpoint, or model path for backend 'hf'."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (optional for local servers)."""
+    template: str = "qwenlong"
+    """Judge prompt template name."""
+    max_tokens: int = 256
+    """Judge generation budget."""
+    temperature: float = 0.0
+    """Judge sampling temperature."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    timeout_s: float = 60.0
+    """Per-request timeout."""
+    max_retries: int = 3
+    """Retries on 429, 5xx, timeouts and connection errors."""
+    backoff_s: float = 0.5
+    """First retry delay; doubles each retry."""
+    breaker_failures: int = 5
+    """Consecutive failed calls that open the circuit breaker."""
+    breaker_cooldown_s: float = 30.0
+    """How long an open breaker refuses calls before trying again."""
+    cache_path: str = ""
+    """SQLite file caching verdicts; empty = in-memory only."""
+    batch_size: int = 8
+    """Batch size for the in-process backend."""
+
+    def check(self) -> None:
+        _require(self.concurrency > 0, "concurrency", "must be > 0")
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        if self.backend != "none":
+            _require(bool(self.model), "model", f"is required when backend is '{self.backend}'")
+
+
+@dataclass
+class RewardConfig:
+    combine: Literal["max", "rule", "judge", "weighted"] = "max"
+    """How rule score and judge verdict combine (the paper: max)."""
+    judge_weight: float = 0.5
+    """Weight of the judge verdict when combine = 'weighted'."""
+    require_think: bool = True
+    """No '</think>' in the response = format failure, score 0 (training)."""
+    max_consecutive_judge_failures: int = 50
+    """Stop training when this many judge calls in a row give no verdict (0 = never stop)."""
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+    def check(self) -> None:
+        _require(0.0 <= self.judge_weight <= 1.0, "judge_weight", "must be in [0, 1]")
+        _require(self.max_consecutive_judge_failures >= 0, "max_consecutive_judge_failures", "must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Algorithm, rollouts, training
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AlgoConfig:
+    advantage: Literal["grpo", "drgrpo", "batch_std", "task_std"] = "grpo"
+    """Advantage estimator (registry name)."""
+    eps: float = 1e-6
+    """Added to the std in advantage normalisation."""
+    clip_low: float = 0.2
+    """Lower clip: ratio >= 1 - clip_low."""
+    clip_high: float = 0.28
+    """Upper clip (DAPO clip-higher); equal to clip_low gives GRPO/PPO clipping."""
+    dual_clip: float = 0.0
+    """Dual-clip constant c (> 1) for negative advantages; 0 disables."""
+    ratio_cap: float = 0.0
+    """Hard cap on the importance ratio; 0 disables."""
+    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """Loss aggregation (DAPO: token-mean over the whole mini-batch)."""
+    kl_coef: float = 0.0
+    """KL penalty coefficient against the reference model (0 = no reference model, as in the paper)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (k3 = low-variance KL)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    entropy_mask_threshold: float = 0.0
+    """AEPO: mask negative-advantage tokens whose entropy exceeds this (0 = off)."""
+    entropy_mask_level: Literal["token", "sequence"] = "token"
+    """AEPO masking granularity."""
+
+    def check(self) -> None:
+        _require(self.clip_low >= 0, "clip_low", "must be >= 0")
+        _require(self.clip_high >= self.clip_low, "clip_high",
+                 f"must be >= clip_low ({self.clip_low}); got {self.clip_high}")
+        _require(self.dual_clip == 0 or self.dual_clip > 1, "dual_clip", "must be 0 (off) or > 1")
+        _require(self.ratio_cap == 0 or self.ratio_cap > 1, "ratio_cap", "must be 0 (off) or > 1")
+        _require(self.kl_coef >= 0, "kl_coef", "must be >= 0")
+        _require(self.eps > 0, "eps", "must be > 0")
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["hf", "openai"] = "hf"
+    """Generator backend."""
+    group_size: int = 8
+    """G: rollouts per prompt."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    top_p: float = 0.95
+    """Nucleus sampling."""
+    max_new_tokens: int = 10000
+    """Output budget per rollout (a phase may override it)."""
+    endpoint: str = ""
+    """Base URL for the 'openai' backend."""
+    shared_prefill: bool = True
+    """HF backend: prefill the prompt once per group and sample G continuations from the shared cache."""
+
+    def check(self) -> None:
+        _require(self.group_size >= 1, "group_size", "must be >= 1")
+        _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
+
+
+@dataclass
+class DynamicSamplingConfig:
+    enabled: bool = True
+    """DAPO dynamic sampling: drop groups whose rollouts all score the same."""
+    metric: Literal["acc", "score"] = "acc"
+    """Quantity whose zero variance drops a group (acc, not the shaped score)."""
+    max_rounds: int = 4
+    """Generation rounds per step before the cap policy applies."""
+    on_cap: Literal["proceed", "raise"] = "proceed"
+    """Cap reached with the batch not full: train on what was kept (logged), or stop."""
+
+    def check(self) -> None:
+        _require(self.max_rounds >= 1, "max_rounds", "must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-6
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """LR schedule after warm-up."""
+    grad_clip: float = 1.0
+    """Max global grad norm (0 disables)."""
+
+    def check(self) -> None:
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "must be two values in [0, 1)")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _require(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+
+
+@dataclass
+class RLConfig:
+    steps: int = 100
+    """Optimizer steps (a phase may override)."""
+    prompts_per_step: int = 8
+    """Prompts (groups) per training batch."""
+    mini_batches: int = 1
+    """Updates per batch (> 1 needs old-policy log-probs)."""
+    epochs: int = 1
+    """Passes over each batch."""
+    micro_token_budget: int = 16384
+    """Max tokens per micro-batch (gradient accumulation inside a mini-batch)."""
+    logprob_chunk: int = 1024
+    """Tokens per chunk in the log-prob / entropy kernel."""
+    shared_prompt_forward: bool = True
+    """Run each group's prompt once in the training forward."""
+    max_nonfinite_in_row: int = 3
+    """Stop after this many consecutive non-finite losses or gradients."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+
+    def check(self) -> None:
+        _require(self.steps >= 0, "steps", "must be >= 0")
+        _require(self.prompts_per_step >= 1, "prompts_per_step", "must be >= 1")
+        _require(self.mini_batches >= 1, "mini_batches", "must be >= 1")
+        _require(self.prompts_per_step % self.mini_batches == 0, "mini_batches",
+                 f"must divide prompts_per_step ({self.prompts_per_step})")
+        _require(self.epochs >= 1, "epochs", "must be >= 1")
+        _require(self.micro_token_budget > 0, "micro_token_budget", "must be > 0")
+        _require(self.logprob_chunk > 0, "logprob_chunk", "must be > 0")
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    """Run warm-up SFT before RL."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """SFT triplets (document, question, reasoning + answer); empty = the data.sources with gold answers."""
+    steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Sequences per optimizer step."""
+    micro_token_budget: int = 16384
+    """Max tokens per micro-batch."""
+    max_seq_tokens: int = 0
+    """Skip-with-count sequences longer than this (0 = no limit)."""
+    heldout_fraction: float = 0.05
+    """Fraction held out for periodic loss evaluation."""
+    eval_every: int = 50
+    """Steps between held-out loss evaluations (0 disables)."""
+    loss_chunk: int = 1024
+    """Tokens per chunk in the chunked cross-entropy."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=10, schedule="cosine"))
+
+    def check(self) -> None:
+        _require(self.steps >= 0, "steps", "must be >= 0")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(0 <= self.heldout_fraction < 1, "heldout_fraction", "must be in [0, 1)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Curriculum
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseConfig:
+    name: str = ""
+    """Phase name (used in logs and stage manifests)."""
+    max_input_tokens: int = 0
+    """L_k: phase k trains on inputs with n_tokens in (L_{k-1}, L_k]."""
+    max_output_tokens: int = 0
+    """Output budget in this phase (0 = rollout.max_new_tokens)."""
+    steps: int = 0
+    """Optimizer steps in this phase (0 = rl.steps)."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """Phase-specific sources with mixture weights; empty = data.sources."""
+    temperature: float = -1.0
+    """Phase sampling temperature (-1 = rollout.temperature)."""
+
+    def check(self) -> None:
+        _require(self.max_input_tokens > 0, "max_input_tokens", "must be > 0")
+        _require(self.max_output_tokens >= 0, "max_output_tokens", "must be >= 0")
+        _require(self.steps >= 0, "steps", "must be >= 0")
+
+
+@dataclass
+class RetrospectiveConfig:
+    enabled: bool = True
+    """Carry hard samples from earlier phases into later ones."""
+    hard_threshold: float = 0.5
+    """A sample stays hard when its difficulty (1 - mean accuracy) is >= this."""
+    fraction: float = 0.25
+    """Target fraction of each later-phase batch drawn from the pool."""
+    cap: int = 1000
+    """Max samples kept in the pool."""
+
+    def check(self) -> None:
+        _require(0 <= self.hard_threshold <= 1, "hard_threshold", "must be in [0, 1]")
+        _require(0 <= self.fraction < 1, "fraction", "must be in [0, 1)")
+        _require(self.cap >= 0, "cap", "must be >= 0")
+
+
+@dataclass
+class CurriculumConfig:
+    phases: list[PhaseConfig] = field(default_factory=list)
+    """Phases in order; empty = one phase over all data."""
+    retrospective: RetrospectiveConfig = field(default_factory=RetrospectiveConfig)
+    task_balanced: bool = False
+    """Each batch draws equal counts per task type (QwenLong-L1.5)."""
+
+    def check(self) -> None:
+        prev = 0
+        for i, ph in enumerate(self.phases):
+            _require(ph.max_input_tokens > prev, f"phases[{i}].max_input_tokens",
+                     f"phase lengths must increase: {ph.max_input_tokens} <= previous {prev}")
+            prev = ph.max_input_tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation, logging, root
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = field(default_factory=list)
+    """Benchmark names (docmath, frames, 2wikimqa, hotpotqa, musique, narrativeqa, qasper)."""
+    data_dir: str = ""
+    """Directory holding the benchmark files."""
+    k: int = 1
+    """Samples per question (avg@k, pass@k)."""
+    max_input_tokens: int = 120000
+    """Middle-truncate inputs to this many tokens."""
+    max_new_tokens: int = 10000
+    """Generation budget."""
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy, k must then be 1)."""
+    top_p: float = 0.95
+    """Nucleus sampling."""
+    concurrency: int = 8
+    """Requests in flight for the endpoint backend."""
+    use_judge: bool = True
+    """Score = max(rule metric, judge) when a judge is configured."""
+    reference: str = ""
+    """YAML of reference scores to print beside ours."""
+
+    def check(self) -> None:
+        _require(self.k >= 1, "k", "must be >= 1")
+        _require(self.max_input_tokens > 0, "max_input_tokens", "must be > 0")
+
+
+@dataclass
+class LoggingConfig:
+    jsonl: bool = True
+    """Write metrics.jsonl in the run directory."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    wandb_project: str = ""
+    """Weights & Biases project (used only when wandb is installed)."""
+    log_every: int = 1
+    """Steps between metric records."""
+    rollout_samples_every: int = 10
+    """Steps between rollout sample dumps (0 disables)."""
+    rollout_samples: int = 4
+    """Rollouts written per dump."""
+    progress: bool = True
+    """Rich progress bars."""
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    """Global seed (torch, python, numpy, samplers)."""
+    output_dir: str = "runs/default"
+    """Run directory: checkpoints, metrics, samples, reports."""
+    save_every: int = 50
+    """Steps between checkpoints (0 = only at stage end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept per stage."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def check(self) -> None:
+        _require(self.save_every >= 0, "save_every", "must be >= 0")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        buf = self.reward.overlong.buffer_tokens
+        if self.reward.overlong.enabled:
+            _require(buf < self.rollout.max_new_tokens, "reward.overlong.buffer_tokens",
+                     f"must be < rollout.max_new_tokens ({self.rollout.max_new_tokens})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """Stable short hash of the resolved config (stage manifests)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the declared type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(key, f"must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(e.message)
+        raise ConfigError(key, "; ".join(errors))
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {type(value).__name__}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+        _, val_tp = typing.get_args(tp)
+        return {k: _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(key, f"unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = [n for n in sorted(names) if n.startswith(str(k)[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(key, f"unknown key for {cls.__name__}{hint}")
+        kwargs[k] = _convert(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _check_tree(obj: Any, prefix: str = "") -> None:
+    """Run every section's check(), children first, re-raising with the full key path."""
+    for f in dataclasses.fields(obj):
+        val = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        items = enumerate(val) if isinstance(val, list) else [(None, val)]
+        for i, item in items:
+            if dataclasses.is_dataclass(item):
+                _check_tree(item, key if i is None else f"{key}[{i}]")
+    if hasattr(obj, "check"):
+        try:
+            obj.check()
+        except ConfigError as e:
+            if e.key.startswith(prefix + ".") and prefix:
+                raise
+            full = f"{prefix}.{e.key}" if prefix else e.key
+            raise ConfigError(full, e.message) from None
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    """'rl.optim.lr=1e-5' -> {'rl': {'optim': {'lr': 1e-5}}} (the value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(text, "override must look like key.path=value")
+    path, raw = text.split("=", 1)
+    node: dict[str, Any] = {}
+    cur = node
+    parts = path.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = yaml.safe_load(raw)
+    return node
+
+
+def config_from_dict(data: dict[str, Any], source: str | None = None) -> Config:
+    """Build and validate a Config from a plain mapping."""
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError("<root>", f"expected a mapping at the top level, got {type(data).__name__}")
+        cfg = _build(Config, data)
+        _check_tree(cfg)
+        return cfg
+    except ConfigError as e:
+        raise ConfigError(e.key, e.message, source) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or defaults when path is None), apply 'a.b=c' overrides, validate."""
+    data: dict[str, Any] = {}
+    source = None
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("<file>", "file not found", source)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError("<file>", f"invalid YAML: {e}", source) from None
+    for ov in overrides or []:
+        data = _merge(data, _parse_override(ov))
+    return config_from_dict(data, source)

@@ -1,0 +1,163 @@
+"""Policy loading (any Hugging Face causal LM, GGUF included) and tiny from-scratch models.
+
+Tiny models are for the CPU demo and the tests: a byte-level BPE tokenizer trained locally with the
+Qwen2 pre-tokenizer pipeline and a ChatML chat template, and a small ``Qwen2ForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from longrl.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
+
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+"""The Qwen2 tokenizer's pre-tokenization regex (digits split one by one)."""
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
+    """Train a byte-level BPE tokenizer with the Qwen2 pre-tokenizer pipeline on ``texts``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<think>", "</think>"],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                     num_kv_heads: int = 2, intermediate_size: int | None = None,
+                     max_position_embeddings: int = 32768, seed: int = 0):
+    """A randomly initialised Qwen2 causal LM sized for ``tokenizer``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_pretrained_dir(model, tokenizer, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _pretrained_location(path: str) -> tuple[str, dict]:
+    """Split a GGUF file path into (directory, {'gguf_file': name}); other paths pass through."""
+    p = Path(path)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConfigError("model.path", f"GGUF file not found: {path}")
+        return str(p.parent), {"gguf_file": p.name}
+    return path, {}
+
+
+def _rope_kwargs(cfg: ModelConfig, location: str, extra: dict) -> dict:
+    if not cfg.rope.yarn_factor:
+        return {}
+    from transformers import AutoConfig
+
+    base = AutoConfig.from_pretrained(location, **extra)
+    params = dict(getattr(base, "rope_parameters", None) or {})
+    params.update(rope_type="yarn", factor=cfg.rope.yarn_factor,
+                  original_max_position_embeddings=cfg.rope.original_max_position_embeddings)
+    return {"rope_parameters": params}
+
+
+def load_tokenizer(path: str, extra: dict | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, **(extra or {}))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(cfg: ModelConfig, trainable: bool = True):
+    """Load (model, tokenizer) as the config says: dtype, device, YaRN, gradient checkpointing, LoRA."""
+    from transformers import AutoModelForCausalLM
+
+    if not cfg.path:
+        raise ConfigError("model.path", "is required (a Hugging Face id, a local directory or a .gguf file)")
+    location, extra = _pretrained_location(cfg.path)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    tok_loc, tok_extra = _pretrained_location(cfg.tokenizer) if cfg.tokenizer else (location, extra)
+    tokenizer = load_tokenizer(tok_loc, tok_extra)
+    model = AutoModelForCausalLM.from_pretrained(
+        location, dtype=dtype, attn_implementation=cfg.attn_implementation,
+        **extra, **_rope_kwargs(cfg, location, extra),
+    ).to(device)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if trainable and cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if trainable and cfg.lora.enabled:
+        model = _apply_lora(model, cfg)
+    return model, tokenizer
+
+
+def _apply_lora(model, cfg: ModelConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model

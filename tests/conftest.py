@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny saved Qwen2 model and a real `transformers serve` on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+SHARED_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "docqa_samples"
+
+TINY_CORPUS = [
+    "Please read the following text and answer the question below.",
+    "Therefore, the answer is (insert answer here).",
+    "The capital of Veridia is Port Amber. The river Lumen flows through Norwick.",
+    "<think>The text says the capital is Port Amber.</think> Therefore, the answer is Port Amber.",
+    "Answer 1: 42. Answer 2: forty-two. [[YES]] [[NO]] Problem: equivalent answers.",
+] * 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shared_samples_dir() -> Path:
+    if not SHARED_SAMPLES.is_dir():
+        pytest.fail(f"shared DocQA samples not found at {SHARED_SAMPLES}")
+    return SHARED_SAMPLES
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from longrl.models import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(TINY_CORPUS, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny random Qwen2 model + tokenizer (hidden 32, 2 layers)."""
+    from longrl.models import build_tiny_model, save_pretrained_dir
+
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2)
+    return save_pretrained_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_model"))
+
+
+def _wait_ready(base: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"transformers serve not ready after {timeout_s}s:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory):
+    """Factory: ``openai_server(model_dir) -> (base_url, Popen)``; servers are killed at session end.
+
+    The base URL ends in ``/v1``. The model name to send is the model directory path.
+    """
+    procs: list[subprocess.Popen] = []
+    exe = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
+
+    def start(model_dir: str | Path, timeout_s: float = 180.0):
+        port = free_port()
+        log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        cmd = [exe, "serve", str(model_dir), "--device", "cpu", "--port", str(port), "--host", "127.0.0.1"]
+        proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base, proc, log_path, timeout_s)
+        return f"{base}/v1", proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

@@ -1,0 +1,37 @@
+"""The shared fixtures work: tiny model round-trips through load_policy, and a real server answers."""
+
+import httpx
+import torch
+
+from longrl.config import ModelConfig
+from longrl.models import load_policy
+
+
+def test_tiny_model_loads_through_load_policy(tiny_model_dir):
+    model, tok = load_policy(ModelConfig(path=str(tiny_model_dir)))
+    ids = tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n")
+    out = model(torch.tensor([ids]))
+    assert out.logits.shape == (1, len(ids), len(tok))
+
+
+def test_lora_and_yarn_options(tiny_model_dir):
+    cfg = ModelConfig(path=str(tiny_model_dir))
+    cfg.lora.enabled = True
+    cfg.rope.yarn_factor = 2.0
+    cfg.rope.original_max_position_embeddings = 1024
+    model, _ = load_policy(cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert model.base_model.model.config.rope_parameters["rope_type"] == "yarn"
+
+
+def test_transformers_serve_chat_completion(openai_server, tiny_model_dir):
+    base, _ = openai_server(tiny_model_dir)
+    r = httpx.post(f"{base}/chat/completions", timeout=120, json={
+        "model": str(tiny_model_dir), "max_tokens": 5, "temperature": 0,
+        "messages": [{"role": "user", "content": "Answer 1: 42"}],
+    })
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["choices"][0]["message"]["content"], str)
