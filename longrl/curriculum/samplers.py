@@ -1,0 +1,123 @@
+"""The curriculum driver: phases in order, fresh samples mixed with the retrospective pool.
+
+``CurriculumSampler`` is what a trainer holds: ``next_batch()`` each step, ``record()`` after
+scoring, ``advance()`` at a phase boundary, and one JSON-serialisable ``state_dict`` for all of it
+(phase index, fresh-sampler cursors, mixing counters, pool statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longrl.config import CurriculumConfig
+from longrl.curriculum.phases import PhaseSampler, phase_bounds, samples_for_phase
+from longrl.curriculum.retro import MixedSampler, RetrospectivePool
+from longrl.data.records import DocQASample
+
+
+@dataclass
+class PhaseSpec:
+    """What the sampler needs of one phase (the step budget stays with the trainer)."""
+
+    max_input_tokens: int
+    """L_k: the phase draws fresh samples with n_tokens in (L_{k-1}, L_k]."""
+    max_output_tokens: int = 0
+    """Output budget; pool samples whose responses were longer are dropped (0 = no check)."""
+    weights_by_source: dict[str, float] | None = None
+    """Mixture weights by source (None = equal)."""
+    name: str = ""
+    """Used in error messages and logs."""
+
+
+def phase_specs(cfg: CurriculumConfig, samples: Sequence[DocQASample], default_output_tokens: int = 0,
+                default_weights: dict[str, float] | None = None) -> list[PhaseSpec]:
+    """Phase specs from the config; no phases = one phase covering every sample."""
+    if not cfg.phases:
+        longest = max((s.n_tokens for s in samples), default=1)
+        return [PhaseSpec(max(1, longest), default_output_tokens, default_weights, "all")]
+    specs = []
+    for i, ph in enumerate(cfg.phases):
+        weights = ({src.name or Path(src.path).stem: src.weight for src in ph.sources}
+                   if ph.sources else default_weights)
+        specs.append(PhaseSpec(ph.max_input_tokens, ph.max_output_tokens or default_output_tokens,
+                               weights, ph.name or f"phase{i + 1}"))
+    return specs
+
+
+class CurriculumSampler:
+    """Phase-by-phase batches; from the second phase on, ``retro_fraction`` of each batch comes
+    from the retrospective pool (when ``retro_enabled``)."""
+
+    def __init__(self, samples: Sequence[DocQASample], phases: Sequence[PhaseSpec], batch_size: int,
+                 seed: int, task_balanced: bool = False, retro_enabled: bool = True,
+                 retro_fraction: float = 0.25, hard_threshold: float = 0.5, cap: int = 1000):
+        if not phases:
+            raise ValueError("CurriculumSampler needs at least one phase")
+        self.samples, self.phases = list(samples), list(phases)
+        self.bounds = phase_bounds([p.max_input_tokens for p in self.phases])
+        self.batch_size, self.seed, self.task_balanced = batch_size, seed, task_balanced
+        self.retro_enabled, self.retro_fraction = retro_enabled, retro_fraction
+        self.pool = RetrospectivePool(hard_threshold, cap)
+        self.phase = 0
+        self.global_step = 0
+        self.sampler = self._build(0)
+
+    @classmethod
+    def from_config(cls, samples: Sequence[DocQASample], cfg: CurriculumConfig, batch_size: int, seed: int,
+                    default_output_tokens: int = 0,
+                    default_weights: dict[str, float] | None = None) -> CurriculumSampler:
+        r = cfg.retrospective
+        return cls(samples, phase_specs(cfg, samples, default_output_tokens, default_weights), batch_size,
+                   seed, cfg.task_balanced, r.enabled, r.fraction, r.hard_threshold, r.cap)
+
+    def _build(self, k: int) -> MixedSampler:
+        lo, hi = self.bounds[k]
+        fresh = samples_for_phase(self.samples, lo, hi)
+        if not fresh:
+            raise ValueError(f"phase {self.phases[k].name or k!r} has no samples with n_tokens in ({lo}, {hi}]")
+        ps = PhaseSampler(fresh, self.batch_size, self.seed * 1000 + k, self.phases[k].weights_by_source,
+                          self.task_balanced)
+        fraction = self.retro_fraction if self.retro_enabled and k > 0 else 0.0
+        return MixedSampler(ps, self.pool, fraction, self.seed * 1000 + k)
+
+    @property
+    def is_last_phase(self) -> bool:
+        return self.phase == len(self.phases) - 1
+
+    def next_batch(self) -> list[DocQASample]:
+        self.global_step += 1
+        return self.sampler.next_batch()
+
+    def record(self, sample: DocQASample, accs: list[float], response_tokens: list[int] | None = None) -> None:
+        """Rollout accuracies of ``sample`` from the batch last returned by ``next_batch``."""
+        self.pool.record(sample, accs, self.global_step, response_tokens)
+
+    def advance(self) -> dict[str, Any]:
+        """Move to the next phase: rebuild the pool for it and start its fresh sampler.
+        Returns what the finished phase served (``curriculum/*``) and the new pool (``retro/*``)."""
+        if self.is_last_phase:
+            raise ValueError("advance() called in the last phase")
+        summary = {k: v for k, v in self.sampler.summary().items() if k.startswith("curriculum/")}
+        self.phase += 1
+        if self.retro_enabled:
+            lo, hi = self.bounds[self.phase]
+            summary |= self.pool.transition(lo, hi, self.phases[self.phase].max_output_tokens)
+        self.sampler = self._build(self.phase)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        """Current phase and the composition served in it so far."""
+        return {"curriculum/phase": self.phase} | self.sampler.summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "global_step": self.global_step, "sampler": self.sampler.state_dict(),
+                "pool": self.pool.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phase, self.global_step = int(state["phase"]), int(state["global_step"])
+        self.pool.load_state_dict(state["pool"], self.samples)
+        self.sampler = self._build(self.phase)
+        self.sampler.load_state_dict(state["sampler"])

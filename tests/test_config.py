@@ -1,0 +1,69 @@
+"""Config loading: defaults validate; bad keys, types and values fail naming the key and the file."""
+
+import pytest
+
+from longrl.cli import main
+from longrl.config import Config, ConfigError, config_from_dict, load_config
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = load_config(None)
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg and again.hash() == cfg.hash()
+
+
+@pytest.mark.parametrize("data, key, text", [
+    ({"rl": {"stepz": 3}}, "rl.stepz", "unknown key"),
+    ({"rl": {"steps": "many"}}, "rl.steps", "expected an integer"),
+    ({"rl": {"optim": {"lr": True}}}, "rl.optim.lr", "expected a number"),
+    ({"algo": {"clip_low": 0.3, "clip_high": 0.2}}, "algo.clip_high", "must be >= clip_low"),
+    ({"algo": {"loss_agg": "sum"}}, "algo.loss_agg", "must be one of"),
+    ({"rollout": {"group_size": 0}}, "rollout.group_size", "must be >= 1"),
+    ({"data": {"max_input_tokens": -5}}, "data.max_input_tokens", "must be >= 0"),
+    ({"curriculum": {"phases": [{"max_input_tokens": 60000}, {"max_input_tokens": 20000}]}},
+     "curriculum.phases[1].max_input_tokens", "must increase"),
+    ({"curriculum": {"phases": [{"max_input_tokens": -1}]}}, "curriculum.phases[0].max_input_tokens", "> 0"),
+    ({"reward": {"judge": {"backend": "openai"}}}, "reward.judge.model", "is required"),
+    ({"rollout": {"max_new_tokens": 500}}, "reward.overlong.buffer_tokens", "must be < rollout.max_new_tokens"),
+    ({"rl": {"prompts_per_step": 6, "mini_batches": 4}}, "rl.mini_batches", "must divide"),
+    ({"sft": {"sources": [{"weight": 1.0}]}}, "sft.sources[0].path", "is required"),
+])
+def test_bad_values_name_key_and_file(data, key, text):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(data, "my.yaml")
+    assert e.value.key == key
+    assert text in str(e.value) and "my.yaml" in str(e.value)
+
+
+def test_overrides_and_nested_lists(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("curriculum:\n  phases:\n    - {max_input_tokens: 20000, max_output_tokens: 12000}\n"
+                    "    - {max_input_tokens: 60000}\n")
+    cfg = load_config(path, ["rl.optim.lr=3e-6", "rollout.group_size=4"])
+    assert isinstance(cfg, Config)
+    assert cfg.rl.optim.lr == 3e-6 and cfg.rollout.group_size == 4
+    assert [p.max_input_tokens for p in cfg.curriculum.phases] == [20000, 60000]
+    assert cfg.curriculum.phases[0].max_output_tokens == 12000
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rl: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_config_show_and_error_exit(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("seed: 7\n")
+    assert main(["config", "show", str(good)]) == 0
+    assert "seed: 7" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: {clip_high: 0.1}\n")
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "algo.clip_high" in err and str(bad) in err
