@@ -122,7 +122,7 @@ class DataConfig:
     max_input_tokens: int = 0
     """Drop-with-count samples whose prompt exceeds this many tokens in training (0 = no limit)."""
     token_count_workers: int = 0
-    """Processes for token counting; 0 = one per CPU core."""
+    """Token counting: 0 or 1 = in-process batches (the Rust tokenizer uses every core); N > 1 = N processes."""
     cache_dir: str = ""
     """Token-count cache directory; empty disables the on-disk cache."""
 
@@ -182,11 +182,20 @@ class JudgeConfig:
     """SQLite file caching verdicts; empty = in-memory only."""
     batch_size: int = 8
     """Batch size for the in-process backend."""
+    device: str = "auto"
+    """Device for the in-process backend ('auto', 'cpu', 'cuda', ...)."""
+    max_backoff_s: float = 8.0
+    """Cap on one retry delay."""
+    max_prediction_chars: int = 1000
+    """Predictions (and golds) longer than this are truncated before they reach the judge."""
 
     def check(self) -> None:
         _require(self.concurrency > 0, "concurrency", "must be > 0")
         _require(self.timeout_s > 0, "timeout_s", "must be > 0")
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _require(self.breaker_failures > 0, "breaker_failures", "must be > 0")
+        _require(self.batch_size > 0, "batch_size", "must be > 0")
+        _require(self.max_prediction_chars > 0, "max_prediction_chars", "must be > 0")
         if self.backend != "none":
             _require(bool(self.model), "model", f"is required when backend is '{self.backend}'")
 
@@ -201,6 +210,10 @@ class RewardConfig:
     """No '</think>' in the response = format failure, score 0 (training)."""
     max_consecutive_judge_failures: int = 50
     """Stop training when this many judge calls in a row give no verdict (0 = never stop)."""
+    judge_tasks: list[str] = field(default_factory=lambda: ["qa", "numeric"])
+    """Task types the judge may rescue (the paper judges DocQA and DocMath, not multiple choice)."""
+    judge_skip_suspicious: bool = True
+    """Never ask the judge about answers that carry verdict markers or address the judge (injection)."""
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
@@ -242,7 +255,7 @@ class AlgoConfig:
     """AEPO masking granularity."""
 
     def check(self) -> None:
-        _require(self.clip_low >= 0, "clip_low", "must be >= 0")
+        _require(0 <= self.clip_low < 1, "clip_low", "must be in [0, 1)")
         _require(self.clip_high >= self.clip_low, "clip_high",
                  f"must be >= clip_low ({self.clip_low}); got {self.clip_high}")
         _require(self.dual_clip == 0 or self.dual_clip > 1, "dual_clip", "must be 0 (off) or > 1")
@@ -458,9 +471,23 @@ class EvalConfig:
     """Score = max(rule metric, judge) when a judge is configured."""
     reference: str = ""
     """YAML of reference scores to print beside ours."""
+    limit: int = 0
+    """Questions per benchmark (the first N; 0 = all)."""
+    timeout_s: float = 1800.0
+    """Per-request timeout for the endpoint backend."""
+    max_retries: int = 4
+    """Endpoint retries on 429, 5xx, timeouts and connection errors (then the sample is marked failed)."""
+    backoff_s: float = 1.0
+    """First retry delay; doubles each retry."""
+    first_gold_only: bool = False
+    """Score against the first gold answer only (QwenLong-L1's scripts) instead of the max over all (LongBench)."""
 
     def check(self) -> None:
         _require(self.k >= 1, "k", "must be >= 1")
+        _require(self.limit >= 0, "limit", "must be >= 0")
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _require(self.temperature > 0 or self.k == 1, "k", "must be 1 when temperature is 0 (greedy)")
         _require(self.max_input_tokens > 0, "max_input_tokens", "must be > 0")
 
 
@@ -568,6 +595,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         _, val_tp = typing.get_args(tp)
         return {k: _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '3e-6' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(key, f"expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {value!r}")
         return float(value)
