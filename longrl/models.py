@@ -21,7 +21,9 @@ QWEN2_SPLIT_PATTERN = (
 )
 """The Qwen2 tokenizer's pre-tokenization regex (digits split one by one)."""
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+THINK_TOKENS = ["<think>", "</think>"]
+"""Added as single, non-special tokens (as in Qwen's tokenizers) so decoding keeps them."""
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -45,7 +47,16 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     """Train a byte-level BPE tokenizer with the Qwen2 pre-tokenizer pipeline on ``texts``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -60,9 +71,10 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<think>", "</think>"],
+        additional_special_tokens=["<|im_start|>"],
     )
     fast.chat_template = CHATML_TEMPLATE
     return fast

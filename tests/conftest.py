@@ -13,6 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
+
+# Tiny models on a 2-core machine: one intra-op thread is fastest and immune to contention.
+torch.set_num_threads(1)
 
 SHARED_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "docqa_samples"
 

@@ -35,3 +35,13 @@ def test_transformers_serve_chat_completion(openai_server, tiny_model_dir):
     })
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["choices"][0]["message"]["content"], str)
+
+
+def test_think_tags_are_single_tokens_that_survive_decoding(tiny_tokenizer):
+    ids = tiny_tokenizer.encode("<think>abc</think> x", add_special_tokens=False)
+    think, end = tiny_tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    assert ids[0] == think and end in ids
+    text = tiny_tokenizer.decode(ids, skip_special_tokens=True)
+    assert text.startswith("<think>") and "</think>" in text
+    eos = tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode([*ids, eos], skip_special_tokens=True) == text

@@ -1,0 +1,130 @@
+"""A full RL step (rollouts, reward, advantages, loss, backward, AdamW) against TRL's GRPOTrainer.
+
+Both sides get the same randomly initialised small Qwen2 model with the real Qwen tokenizer and
+vocabulary, one prompt per step, G completions of exactly ``--completion`` tokens (no stop token in
+the model's config), the same length-based reward function and no reference model (beta = 0).
+TRL generates with ``model.generate`` over G copies of the prompt and runs the G full sequences
+for the loss; longrl prefills once and runs the shared-prompt group forward.
+
+Small defaults; the issue's sizes: ``--prompt-lens 64,4096``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from bench import add_common_args, ensure_malloc_env, ints, machine, setup, tiny_qwen
+from longrl.rollout.hf import HFGenerator
+from longrl.train.group_forward import group_logprobs
+
+
+def reward_len(completions, **kwargs) -> list[float]:
+    """A custom reward: completion length in characters, mod 7 (anything non-constant will do)."""
+    return [float(len(str(c)) % 7) for c in completions]
+
+
+def _prompt_text(tokenizer, n_tokens: int, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 50_000, (n_tokens,), generator=g).tolist()
+    return tokenizer.decode(ids)
+
+
+def longrl_step_times(model, tokenizer, prompt_text: str, args) -> list[float]:
+    """Seconds per step for ``1 + repeats`` steps of the longrl RL step."""
+    gen = HFGenerator(model, tokenizer, shared_prefill=True, seed=0)
+    prompt = tokenizer(prompt_text)["input_ids"]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    times = []
+    for _ in range(1 + args.repeats):
+        t0 = time.perf_counter()
+        comps = gen.generate([prompt], n=args.G, max_new_tokens=args.completion, temperature=1.0)[0]
+        rewards_G = torch.tensor(reward_len([c.text for c in comps]), device=args.device)
+        adv_G = (rewards_G - rewards_G.mean()) / (rewards_G.std() + 1e-4)
+        logps_GC, _, mask_GC = group_logprobs(model, prompt, [c.token_ids for c in comps], with_entropy=False)
+        ratio_GC = torch.exp(logps_GC - logps_GC.detach())
+        loss = -(ratio_GC * adv_G[:, None] * mask_GC).sum() / mask_GC.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def trl_step_times(model, tokenizer, prompt_text: str, args) -> list[float]:
+    """Seconds per step for ``1 + repeats`` GRPOTrainer steps (timed by a callback)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t0 = [], 0.0
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.times.append(time.perf_counter() - self.t0)
+
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(
+            output_dir=out, per_device_train_batch_size=args.G, num_generations=args.G,
+            max_completion_length=args.completion, max_steps=1 + args.repeats, learning_rate=1e-6, beta=0.0,
+            temperature=1.0, top_p=1.0, top_k=0, report_to="none", save_strategy="no", logging_steps=1,
+            use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", disable_dropout=True, seed=0,
+        )
+        ds = Dataset.from_list([{"prompt": prompt_text}] * (args.G * (2 + args.repeats)))
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_len, args=cfg, train_dataset=ds,
+                              processing_class=tokenizer, callbacks=[timer])
+        trainer.train()
+    return timer.times
+
+
+def run(args) -> list[dict]:
+    from longrl.data.tokens import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for p in ints(args.prompt_lens):
+        text = _prompt_text(tokenizer, p)
+        n_prompt = len(tokenizer(text)["input_ids"])
+        ours = longrl_step_times(tiny_qwen(hidden=args.hidden, layers=args.layers, device=args.device,
+                                           dtype=dtype), tokenizer, text, args)
+        theirs = trl_step_times(tiny_qwen(hidden=args.hidden, layers=args.layers, device=args.device,
+                                          dtype=dtype), tokenizer, text, args)
+        ours_s, theirs_s = min(ours[1:]), min(theirs[1:])
+        rows.append({"prompt": n_prompt, "longrl_s": ours_s, "trl_s": theirs_s})
+        print(f"  prompt {n_prompt} tokens, C={args.completion}, G={args.G}: TRL GRPOTrainer {theirs_s:.2f}s/step"
+              f" | longrl {ours_s:.2f}s/step | speed-up {theirs_s / ours_s:.2f}x", flush=True)
+    return rows
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prompt-lens", default="64,512")
+    ap.add_argument("--completion", type=int, default=32)
+    ap.add_argument("--G", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    add_common_args(ap)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    setup(args)
+    print(f"[trl_step] {machine(args.device)}; vocab 151936 (Qwen tokenizer), hidden {args.hidden}, "
+          f"layers {args.layers}, {args.dtype}")
+    run(args)
+
+
+if __name__ == "__main__":
+    ensure_malloc_env("bench.bench_trl_step")
+    main()

@@ -1,0 +1,119 @@
+"""Hugging Face backend: sample G completions per prompt from an in-process model.
+
+With ``shared_prefill=True`` (the default) the prompt is run ONCE per group; its KV cache is
+repeated along the batch to G rows and the G continuations are sampled token by token from it. The
+alternative, ``model.generate(num_return_sequences=G)``, prefills G copies of the prompt, which for
+a long document is G times the dominant cost. ``shared_prefill=False`` runs exactly that (the
+baseline of ``bench/bench_rollout.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers import DynamicCache
+
+from longrl.rollout.base import Completion
+
+
+def sample_next(logits_NV: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
+    """Next token per row: greedy when temperature == 0, else nucleus sampling at ``temperature``; [N]."""
+    if temperature == 0:
+        return logits_NV.argmax(-1)
+    probs_NV = torch.softmax(logits_NV.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_NV, order_NV = probs_NV.sort(dim=-1, descending=True)
+        drop_NV = sorted_NV.cumsum(-1) - sorted_NV > top_p  # keep the smallest prefix with mass >= top_p
+        sorted_NV = sorted_NV.masked_fill(drop_NV, 0.0)
+        probs_NV = torch.zeros_like(probs_NV).scatter_(-1, order_NV, sorted_NV)
+    return torch.multinomial(probs_NV, 1, generator=generator).squeeze(-1)
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """End-of-sequence ids from the tokenizer and the model's generation config."""
+    ids = {tokenizer.eos_token_id} if getattr(tokenizer, "eos_token_id", None) is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    return sorted(ids)
+
+
+@contextlib.contextmanager
+def _inference(model):
+    """Eval mode and no grad for the duration, restoring the training flag after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+class HFGenerator:
+    """:class:`~longrl.rollout.base.Generator` over a transformers causal LM (optionally peft-wrapped).
+
+    Sampling with ``shared_prefill=True`` draws from a ``torch.Generator`` seeded with ``seed``, so
+    a fresh generator with the same seed reproduces the same completions on the same device.
+    """
+
+    def __init__(self, model, tokenizer, shared_prefill: bool = True, seed: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.shared_prefill = shared_prefill
+        self.device = next(model.parameters()).device
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
+
+    def generate(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0) -> list[list[Completion]]:
+        """``result[i][j]`` is the j-th of ``n`` completions of ``prompt_ids[i]`` (one group at a time)."""
+        group = self._shared_group if self.shared_prefill else self._hf_generate_group
+        with _inference(self.model):
+            return [group(list(p), n, max_new_tokens, temperature, top_p) for p in prompt_ids]
+
+    def _shared_group(self, prompt: list[int], n: int, max_new_tokens: int, temperature: float,
+                      top_p: float) -> list[Completion]:
+        """Prefill once, repeat the cache to ``n`` rows, sample until every row stopped or the budget ends."""
+        p = len(prompt)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=torch.tensor([prompt], device=self.device), past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(n)
+        logits_NV = out.logits[:, -1].expand(n, -1)
+        stop_S = torch.tensor(self.stop_ids, device=self.device, dtype=torch.long)
+        finished_N = torch.zeros(n, dtype=torch.bool, device=self.device)
+        steps = []
+        for t in range(max_new_tokens):
+            tok_N = sample_next(logits_NV, temperature, top_p, self.rng)
+            tok_N = tok_N.masked_fill(finished_N, self.pad_id)
+            steps.append(tok_N)
+            finished_N |= torch.isin(tok_N, stop_S)
+            if bool(finished_N.all()) or t == max_new_tokens - 1:
+                break
+            pos_N1 = torch.full((n, 1), p + t, device=self.device, dtype=torch.long)
+            logits_NV = self.model(input_ids=tok_N.unsqueeze(1), past_key_values=cache, position_ids=pos_N1,
+                                   use_cache=True).logits[:, -1]
+        tokens_NT = torch.stack(steps, dim=1) if steps else torch.zeros(n, 0, dtype=torch.long)
+        return [self._completion(row) for row in tokens_NT.tolist()]
+
+    def _hf_generate_group(self, prompt: list[int], n: int, max_new_tokens: int, temperature: float,
+                           top_p: float) -> list[Completion]:
+        """``model.generate(num_return_sequences=n)``: the prompt is prefilled n times."""
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        out_NL = self.model.generate(
+            input_ids=torch.tensor([prompt], device=self.device), num_return_sequences=n,
+            max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id,
+            **(sampling if temperature > 0 else {"do_sample": False}),
+        )
+        return [self._completion(row) for row in out_NL[:, len(prompt):].tolist()]
+
+    def _completion(self, row: list[int]) -> Completion:
+        """Cut a generated row after its first stop token (kept) and decode it."""
+        stop = set(self.stop_ids)
+        end = next((i + 1 for i, tok in enumerate(row) if tok in stop), None)
+        ids = row[:end] if end is not None else row
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Completion(token_ids=ids, text=text, finish_reason="stop" if end is not None else "length")

@@ -1,0 +1,243 @@
+"""Log-probs of a group of G completions that share one prompt, with the prompt computed once.
+
+Shared path: the prompt and the G (right-padded) completions are packed into ONE sequence
+``[prompt | c_1 | ... | c_G]`` of length P + G*C, with position ids ``0..P-1`` for the prompt and
+``P..P+C-1`` again for every completion. A registered attention function lets the prompt attend
+causally to itself and completion g attend to the prompt plus its own causal prefix (never to the
+other completions). One forward, one autograd graph: gradients from all G completions flow back
+into the prompt's keys and values exactly as in G separate forwards, while the prompt's
+activations are computed and stored once. No KV cache is used, so it works unchanged under
+gradient checkpointing and with peft LoRA layers.
+
+The first completion token is predicted from the LAST prompt position's hidden state, which is
+shared by the whole group; completion token t > 0 from completion position t - 1.
+
+Naive path (``shared=False`` or an unsupported architecture): the G full sequences
+``prompt + c_g`` as one right-padded batch, which is what TRL and verl compute.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from longrl.train.logprobs import token_logprobs_entropy
+
+logger = logging.getLogger(__name__)
+
+SHARED_ATTENTION = "longrl_shared_prefix"
+SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+"""Decoder-only architectures whose forward takes a prepared mask dict and calls the attention
+interface with (module, query, key, value, mask, scaling, dropout, **kwargs)."""
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+"""Implementations the dispatcher can delegate ordinary (non-packed) calls to."""
+
+_logged_reasons: set[str] = set()
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where the prompt and each completion sit in the packed sequence."""
+
+    prompt_len: int
+    num_completions: int
+    completion_len: int
+    masks: tuple[torch.Tensor, ...]
+    """Per completion g: [C, P + (g+1)C] bool, True = may attend (shared by all layers)."""
+
+
+def _completion_masks(p: int, g: int, c: int, device) -> tuple[torch.Tensor, ...]:
+    """Masks for completion queries over the key prefix that ends with their own block."""
+    causal_CC = torch.ones(c, c, dtype=torch.bool, device=device).tril()
+    masks = []
+    for i in range(g):
+        mask_CK = torch.zeros(c, p + (i + 1) * c, dtype=torch.bool, device=device)
+        mask_CK[:, :p] = True
+        mask_CK[:, p + i * c:] = causal_CC
+        masks.append(mask_CK)
+    return tuple(masks)
+
+
+def _repeat_kv(x_BHLD: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, Hkv, L, D] -> [B, Hkv * n_rep, L, D] (grouped-query attention heads)."""
+    if n_rep == 1:
+        return x_BHLD
+    b, h, n, d = x_BHLD.shape
+    return x_BHLD[:, :, None].expand(b, h, n_rep, n, d).reshape(b, h * n_rep, n, d)
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention over a packed ``[prompt | c_1 .. c_G]`` sequence (see the module docstring).
+
+    ``query`` is [1, Hq, L, D], ``key``/``value`` [1, Hkv, L, D]; ``kwargs["longrl_layout"]`` is the
+    :class:`PackedLayout`. Returns ([1, L, Hq, D], None) like the transformers attention functions.
+    """
+    layout: PackedLayout = kwargs["longrl_layout"]
+    p, c = layout.prompt_len, layout.completion_len
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    sdpa = nn.functional.scaled_dot_product_attention
+    outs = [sdpa(query[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True, dropout_p=dropout,
+                 scale=scaling)]
+    for i, mask_CK in enumerate(layout.masks):
+        end = p + (i + 1) * c
+        q_i = query[:, :, p + i * c:end]
+        outs.append(sdpa(q_i, key[:, :, :end], value[:, :, :end], attn_mask=mask_CK, dropout_p=dropout,
+                         scale=scaling))
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _dispatch_attention(module, query, key, value, attention_mask, *args, inner: str, **kwargs):
+    """Shared-prefix attention when the call carries a layout, else the model's own implementation."""
+    if "longrl_layout" in kwargs:
+        return shared_prefix_attention(module, query, key, value, attention_mask, *args, **kwargs)
+    if inner == "eager":
+        fn = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        fn = ALL_ATTENTION_FUNCTIONS[inner]
+    return fn(module, query, key, value, attention_mask, *args, **kwargs)
+
+
+def _install_shared_attention(config) -> None:
+    """Point ``config`` at a dispatcher that adds the shared-prefix path to its attention (idempotent).
+
+    The switch is permanent rather than scoped to one call: gradient checkpointing re-runs the
+    layers during backward, after any scope would have ended. Calls without a layout (generation,
+    the naive path) go to the original implementation with its own mask format.
+    """
+    inner = config._attn_implementation
+    if inner.startswith(SHARED_ATTENTION):
+        return
+    name = f"{SHARED_ATTENTION}_{inner}"
+    AttentionInterface.register(name, functools.partial(_dispatch_attention, inner=inner))
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
+    config._attn_implementation = name
+
+
+def _unwrap(model) -> nn.Module:
+    """The transformers CausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def shared_prefix_unsupported_reason(model) -> str | None:
+    """Why the shared-prompt path cannot run on ``model``, or None when it can."""
+    base = _unwrap(model)
+    config = getattr(base, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {model_type!r} is not in {SUPPORTED_MODEL_TYPES}"
+    attn = config._attn_implementation or ""
+    if attn not in SUPPORTED_ATTENTION and not attn.startswith(SHARED_ATTENTION):
+        return f"attention implementation {attn!r} is not one of {SUPPORTED_ATTENTION}"
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return "sliding-window attention layers are not supported"
+    head = base.get_output_embeddings()
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        return f"output head {type(head).__name__} is not a bias-free nn.Linear"
+    return None
+
+
+def _pad_completions(completion_ids: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [G, C] right-padded with 0, mask [G, C] bool) for the completions."""
+    c = max((len(x) for x in completion_ids), default=0)
+    ids_GC = torch.zeros(len(completion_ids), c, dtype=torch.long, device=device)
+    mask_GC = torch.zeros(len(completion_ids), c, dtype=torch.bool, device=device)
+    for i, ids in enumerate(completion_ids):
+        ids_GC[i, :len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
+        mask_GC[i, :len(ids)] = True
+    return ids_GC, mask_GC
+
+
+def _shared_hidden(model, prompt_P: torch.Tensor, ids_GC: torch.Tensor) -> torch.Tensor:
+    """Final hidden states predicting each completion token, via the packed forward; [G, C, H]."""
+    base = _unwrap(model)
+    g, c = ids_GC.shape
+    p = prompt_P.shape[0]
+    device = prompt_P.device
+    input_1L = torch.cat([prompt_P, ids_GC.reshape(-1)]).unsqueeze(0)
+    pos_1L = torch.cat([torch.arange(p, device=device), torch.arange(p, p + c, device=device).repeat(g)])
+    layout = PackedLayout(p, g, c, _completion_masks(p, g, c, device))
+    _install_shared_attention(base.config)
+    hidden_1LH = base.get_decoder()(
+        input_ids=input_1L, position_ids=pos_1L.unsqueeze(0), attention_mask={"full_attention": None},
+        use_cache=False, longrl_layout=layout,
+    ).last_hidden_state
+    last_prompt_GH = hidden_1LH[0, p - 1].expand(g, -1)
+    comp_GCH = hidden_1LH[0, p:].view(g, c, -1)
+    return torch.cat([last_prompt_GH.unsqueeze(1), comp_GCH[:, :-1]], dim=1)
+
+
+def _naive_hidden(model, prompt_P: torch.Tensor, ids_GC: torch.Tensor, mask_GC: torch.Tensor) -> torch.Tensor:
+    """Final hidden states predicting each completion token, one full sequence per row; [G, C, H]."""
+    base = _unwrap(model)
+    g, c = ids_GC.shape
+    p = prompt_P.shape[0]
+    input_GL = torch.cat([prompt_P.expand(g, -1), ids_GC], dim=1)
+    attn_GL = torch.cat([torch.ones(g, p, dtype=torch.long, device=ids_GC.device), mask_GC.long()], dim=1)
+    hidden_GLH = base.get_decoder()(input_ids=input_GL, attention_mask=attn_GL, use_cache=False).last_hidden_state
+    return hidden_GLH[:, p - 1:p - 1 + c]
+
+
+def _head_logprobs(head, hidden_GCH, targets_GC, chunk, temperature, with_entropy):
+    """Chunked kernel for a bias-free linear head; full logits through any other head module."""
+    if isinstance(head, nn.Linear) and head.bias is None:
+        return token_logprobs_entropy(hidden_GCH, head.weight, targets_GC, chunk, temperature, with_entropy)
+    logp_GCV = torch.log_softmax(head(hidden_GCH).float() / temperature, dim=-1)
+    logps_GC = logp_GCV.gather(-1, targets_GC.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logps_GC = torch.where(targets_GC >= 0, logps_GC, 0.0)
+    entropy_GC = -(logp_GCV.exp() * logp_GCV).sum(-1) if with_entropy else None
+    return logps_GC, entropy_GC
+
+
+def _log_fallback(reason: str) -> None:
+    if reason not in _logged_reasons:
+        _logged_reasons.add(reason)
+        logger.warning("group_logprobs: shared-prompt path unavailable (%s); using the naive path", reason)
+
+
+def group_logprobs(
+    model,
+    prompt_ids: list[int] | torch.Tensor,
+    completion_ids: list[list[int]],
+    chunk: int = 1024,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    shared: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per-token log-probs (and entropy) of G completions of one prompt under ``model``.
+
+    ``model`` is a transformers causal LM (optionally peft-wrapped). With ``shared=True`` the prompt
+    is computed once for the group (see the module docstring); otherwise, or when
+    :func:`shared_prefix_unsupported_reason` gives a reason (logged once), the G full sequences are
+    run as a batch. Differentiable when called with grad enabled; gradients reach the prompt.
+
+    Returns ``(logps [G, C_max], entropy [G, C_max] or None, mask [G, C_max] bool)``, float32,
+    with C_max the longest completion; padded positions have log-prob 0 and mask False.
+    """
+    device = next(model.parameters()).device
+    prompt_P = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).reshape(-1)
+    if prompt_P.numel() == 0:
+        raise ValueError("group_logprobs needs a non-empty prompt")
+    ids_GC, mask_GC = _pad_completions(completion_ids, device)
+    reason = shared_prefix_unsupported_reason(model) if shared else None
+    if reason is not None:
+        _log_fallback(reason)
+    if shared and reason is None:
+        hidden_GCH = _shared_hidden(model, prompt_P, ids_GC)
+    else:
+        hidden_GCH = _naive_hidden(model, prompt_P, ids_GC, mask_GC)
+    targets_GC = ids_GC.masked_fill(~mask_GC, -100)
+    logps_GC, entropy_GC = _head_logprobs(_unwrap(model).get_output_embeddings(), hidden_GCH, targets_GC, chunk,
+                                          temperature, with_entropy)
+    if entropy_GC is not None:
+        entropy_GC = entropy_GC.masked_fill(~mask_GC, 0.0)
+    return logps_GC, entropy_GC, mask_GC

@@ -1,0 +1,690 @@
+"""The GRPO/DAPO RL loop (QwenLong-L1 recipe), callable per curriculum phase.
+
+One step (:func:`rl_step`), top to bottom:
+
+1. draw prompts q ~ D and sample G rollouts o_1..o_G ~ pi_old(.|q) per prompt;
+2. score them: R_i = reward_fn(o_i) (rule / judge hybrid) + R_length(o_i) (DAPO overlong shaping);
+3. dynamic sampling: drop groups whose accuracy is all-equal and draw again until the batch holds
+   ``prompts_per_step`` informative groups or the round cap applies (DAPO Sec. 3.2);
+4. advantages A_i = (R_i - mean_g R) / (std_g R + eps) (or the Dr.GRPO / task variants);
+5. log pi_old per token once when the batch feeds more than one update (else pi_old = pi_theta.detach());
+6. per mini-batch: J = 1/sum_i|o_i| sum_i sum_t min(r_it A_i, clip(r_it, 1-e_low, 1+e_high) A_i)
+   [- beta KL(pi_theta || pi_ref)], accumulated over token-budget micro-batches with the WHOLE
+   mini-batch's token count as the denominator, then AdamW with gradient clipping.
+
+Rollouts are seeded per prompt from (seed, step, round, prompt index), so a step's rollouts do not
+depend on how prompts are spread over processes, and a resumed run regenerates them exactly.
+
+Processes (``accelerate launch --num_processes N``): every process draws the same prompts; process r
+generates and scores prompts r, r+N, ...; the groups are gathered so every process makes the same
+filtering and advantage decisions; micro-batches are split round-robin and gradients are summed
+(see :mod:`longrl.train.optim`).
+
+Generator backends: anything with ``generate(prompt_ids, n, max_new_tokens, temperature, top_p)``.
+A server backend (OpenAI-compatible / vLLM) must see the new weights after every step: when the
+generator has ``update_weights(model, step)``, the loop calls it after each optimizer step (the backend
+may push weights or reload a checkpoint written by the loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from longrl.data.records import DocQASample
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates with a NaN/inf loss or gradient."""
+
+
+class BatchSampler(Protocol):
+    def next_batch(self) -> list[DocQASample]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+RewardFn = Callable[[list[DocQASample], list[str]], list[Any]]
+"""``reward_fn(samples, responses) -> results`` with ``.score`` (float), ``.acc`` (bool / float) and
+``.pred`` (extracted answer or None) per response; optional ``.metrics() -> dict`` is logged."""
+
+AccuracyCallback = Callable[[DocQASample, list[float]], None]
+"""Called with every generated group's per-rollout accuracies (kept or filtered), on every process."""
+
+
+@dataclass
+class RLSettings:
+    """The knobs of one RL phase, resolved from the config and the phase's overrides."""
+
+    steps: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    group_size: int
+    prompts_per_step: int
+    mini_batches: int
+    epochs: int
+    micro_token_budget: int
+    logprob_chunk: int
+    shared_forward: bool
+    max_nonfinite_in_row: int
+    seed: int
+    save_every: int
+    keep_checkpoints: int
+    algo: Any
+    optim: Any
+    dynamic: Any
+    overlong: Any
+    logging: Any
+
+    @classmethod
+    def from_config(cls, cfg, steps: int | None = None, max_new_tokens: int | None = None,
+                    temperature: float | None = None, seed: int | None = None) -> RLSettings:
+        """Settings from a :class:`~longrl.config.Config`; None / non-positive overrides keep the config."""
+        rl, ro = cfg.rl, cfg.rollout
+        return cls(
+            steps=rl.steps if steps is None else steps,
+            max_new_tokens=max_new_tokens or ro.max_new_tokens,
+            temperature=ro.temperature if temperature is None or temperature < 0 else temperature,
+            top_p=ro.top_p, group_size=ro.group_size, prompts_per_step=rl.prompts_per_step,
+            mini_batches=rl.mini_batches, epochs=rl.epochs, micro_token_budget=rl.micro_token_budget,
+            logprob_chunk=rl.logprob_chunk, shared_forward=rl.shared_prompt_forward,
+            max_nonfinite_in_row=rl.max_nonfinite_in_row, seed=cfg.seed if seed is None else seed,
+            save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, algo=cfg.algo, optim=rl.optim,
+            dynamic=rl.dynamic_sampling, overlong=cfg.reward.overlong, logging=cfg.logging,
+        )
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        """pi_old differs from pi_theta for some update, or AEPO needs old-policy entropies."""
+        return self.mini_batches > 1 or self.epochs > 1 or self.algo.entropy_mask_threshold > 0
+
+
+@dataclass
+class Group:
+    """One prompt and its G scored rollouts."""
+
+    index: int
+    """Position in the step's draw order (round * prompts_per_round + i)."""
+    sample: DocQASample
+    prompt_ids: list[int]
+    completions: list[list[int]]
+    texts: list[str]
+    finish: list[str]
+    scores: list[float]
+    accs: list[float]
+    preds: list[str | None]
+    penalties: list[float] = field(default_factory=list)
+
+    @property
+    def rewards(self) -> list[float]:
+        return [s + p for s, p in zip(self.scores, self.penalties)]
+
+
+@dataclass
+class Seq:
+    """One rollout in the training batch."""
+
+    group: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    adv: float
+    old_logps: torch.Tensor | None = None
+    """[C] log pi_old, when a separate old-policy pass ran."""
+    ref_logps: torch.Tensor | None = None
+    """[C] log pi_ref, when a KL term is on."""
+    mask: torch.Tensor | None = None
+    """[C] bool, tokens in the loss (AEPO may remove some)."""
+
+
+@dataclass
+class RLRun:
+    """Everything one phase's loop touches."""
+
+    s: RLSettings
+    model: Any
+    tokenizer: Any
+    generator: Any
+    reward_fn: RewardFn
+    sampler: BatchSampler
+    accelerator: Any
+    optimizer: Any
+    scheduler: Any
+    params: list
+    ref_model: Any = None
+    on_accuracies: AccuracyCallback | None = None
+    nonfinite_in_row: int = 0
+    skipped_updates: int = 0
+
+
+@dataclass
+class RLResult:
+    steps: int
+    """Steps completed (== the phase's steps)."""
+    final_dir: Path
+    last_metrics: dict[str, float]
+    skipped_updates: int
+
+
+# ---------------------------------------------------------------------------- 1-3: rollouts, rewards, filtering
+def rollout_seed(seed: int, step: int, round_idx: int, index: int) -> int:
+    """Seed of one prompt's G rollouts; independent of the process layout."""
+    return (((seed * 1_000_003 + step) * 1_009 + round_idx) * 100_003 + index) % (2**63 - 1)
+
+
+def _generate_group(run: RLRun, prompt_ids: list[int], seed: int) -> list:
+    """G completions of one prompt with the global RNG and the generator's own ``rng`` (when it has one,
+    as :class:`~longrl.rollout.hf.HFGenerator`) seeded with ``seed``; the global RNG is restored after."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if isinstance(getattr(run.generator, "rng", None), torch.Generator):
+            run.generator.rng.manual_seed(seed)
+        return run.generator.generate([prompt_ids], n=run.s.group_size, max_new_tokens=run.s.max_new_tokens,
+                                      temperature=run.s.temperature, top_p=run.s.top_p)[0]
+
+
+def _score_groups(run: RLRun, groups: list[Group]) -> None:
+    """R = reward_fn(o) + R_length(o), filled in place (one reward_fn call for all rollouts)."""
+    from longrl.algo.shaping import overlong_penalty
+
+    samples = [g.sample for g in groups for _ in g.texts]
+    results = run.reward_fn(samples, [t for g in groups for t in g.texts]) if samples else []
+    ov = run.s.overlong
+    k = 0
+    for g in groups:
+        res = results[k:k + len(g.texts)]
+        k += len(g.texts)
+        g.scores = [float(r.score) for r in res]
+        g.accs = [float(r.acc) for r in res]
+        g.preds = [r.pred for r in res]
+        lengths = [len(c) for c in g.completions]
+        if ov.enabled:
+            buffer = min(ov.buffer_tokens, run.s.max_new_tokens)
+            g.penalties = overlong_penalty(lengths, run.s.max_new_tokens, buffer, ov.penalty_factor).tolist()
+        else:
+            g.penalties = [0.0] * len(lengths)
+
+
+def rollout_round(run: RLRun, samples: list[DocQASample], step: int, round_idx: int) -> list[Group]:
+    """Generate and score G rollouts for each prompt (this process's share), gathered to all processes."""
+    from longrl.data.prompt import chat_prompt_ids
+
+    acc = run.accelerator
+    groups = []
+    for i in range(acc.process_index, len(samples), acc.num_processes):
+        prompt = chat_prompt_ids(run.tokenizer, samples[i])
+        comps = _generate_group(run, prompt, rollout_seed(run.s.seed, step, round_idx, i))
+        groups.append(Group(index=round_idx * len(samples) + i, sample=samples[i], prompt_ids=prompt,
+                            completions=[list(c.token_ids) for c in comps], texts=[c.text for c in comps],
+                            finish=[c.finish_reason for c in comps], scores=[], accs=[], preds=[]))
+    _score_groups(run, groups)
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        groups = sorted(gather_object(groups), key=lambda g: g.index)
+    return groups
+
+
+def collect_batch(run: RLRun, step: int) -> tuple[list[Group], list[Group], dict[str, float]]:
+    """Steps 1-3: rounds of rollouts until the dynamic batch is full or capped.
+
+    Returns ``(kept groups, every generated group, sampling/* metrics)``.
+    """
+    from longrl.algo.filtering import DynamicBatch
+
+    ds = run.s.dynamic
+    dyn = DynamicBatch(target_groups=run.s.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
+                       on_cap=ds.on_cap)
+    generated: list[Group] = []
+    kept: list[Group] = []
+    while not dyn.done:
+        groups = rollout_round(run, run.sampler.next_batch(), step, dyn.rounds)
+        generated += groups
+        if run.on_accuracies is not None:
+            for g in groups:
+                run.on_accuracies(g.sample, list(g.accs))
+        if not ds.enabled:
+            kept = groups
+            break
+        values = [v for g in groups for v in (g.accs if ds.metric == "acc" else g.rewards)]
+        dyn.add_round(values, [g.index for g in groups for _ in g.texts])
+        kept_ids = set(dyn.kept)
+        kept += [g for g in groups if g.index in kept_ids]
+    if ds.enabled:
+        dyn.finish()
+        return kept, generated, dyn.metrics()
+    return kept, generated, {"sampling/kept_groups": float(len(kept)), "sampling/filtered_groups": 0.0,
+                             "sampling/rounds": 1.0}
+
+
+# ---------------------------------------------------------------------------- 4: advantages
+def group_advantages(groups: list[Group], mode: str, eps: float) -> list[list[float]]:
+    """A_i per rollout, grouped like ``groups`` (group-normalised over each prompt's rollouts)."""
+    from longrl.algo.advantages import compute_advantages
+
+    rewards_N = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
+    group_ids_N = [g.index for g in groups for _ in g.texts]
+    task_ids_N = [g.sample.task for g in groups for _ in g.texts]
+    adv_N = compute_advantages(rewards_N, group_ids_N, mode=mode, eps=eps, task_ids_N=task_ids_N).tolist()
+    out, k = [], 0
+    for g in groups:
+        out.append(adv_N[k:k + len(g.texts)])
+        k += len(g.texts)
+    return out
+
+
+def training_sequences(groups: list[Group], advantages: list[list[float]]) -> list[Seq]:
+    """One :class:`Seq` per non-empty rollout of the kept groups (empty ones carry no tokens)."""
+    seqs = []
+    for gi, (g, advs) in enumerate(zip(groups, advantages)):
+        for comp, a in zip(g.completions, advs):
+            if comp:
+                seqs.append(Seq(group=gi, prompt_ids=g.prompt_ids, completion_ids=comp, adv=a,
+                                mask=torch.ones(len(comp), dtype=torch.bool)))
+    return seqs
+
+
+def make_pieces(seqs: list[Seq], budget: int, shared: bool) -> list[list[int]]:
+    """Micro-batches: runs of same-group sequences costing at most ``budget`` tokens each.
+
+    With the shared-prompt forward a piece costs P + sum |o_i|; without, sum (P + |o_i|).
+    """
+    from longrl.train.optim import pack_by_token_budget
+
+    pieces: list[list[int]] = []
+    start = 0
+    while start < len(seqs):
+        end = start
+        while end < len(seqs) and seqs[end].group == seqs[start].group:
+            end += 1
+        p = len(seqs[start].prompt_ids)
+        costs = [len(seqs[i].completion_ids) + (0 if shared else p) for i in range(start, end)]
+        room = max(1, budget - p) if shared else budget
+        pieces += [[start + j for j in b] for b in pack_by_token_budget(costs, room)]
+        start = end
+    return pieces
+
+
+def mini_batches(pieces: list[list[int]], seqs: list[Seq], n: int) -> list[list[list[int]]]:
+    """Split pieces into ``n`` mini-batches along group boundaries (contiguous groups)."""
+    n_groups = len({seqs[p[0]].group for p in pieces})
+    per = max(1, math.ceil(n_groups / n))
+    out: list[list[list[int]]] = []
+    for piece in pieces:
+        k = seqs[piece[0]].group // per
+        while len(out) <= k:
+            out.append([])
+        out[k].append(piece)
+    return [mb for mb in out if mb]
+
+
+# ---------------------------------------------------------------------------- 5-6: log-probs and updates
+def _pad(rows: list[torch.Tensor], width: int, fill) -> torch.Tensor:
+    out = torch.full((len(rows), width), fill, dtype=rows[0].dtype)
+    for b, r in enumerate(rows):
+        out[b, :r.numel()] = r
+    return out
+
+
+def piece_logprobs(run: RLRun, model, seqs: list[Seq], with_entropy: bool):
+    """``(logps_BT, entropy_BT|None, mask_BT)`` of one piece's completions under ``model``."""
+    from longrl.train.group_forward import group_logprobs
+
+    return group_logprobs(model, seqs[0].prompt_ids, [s.completion_ids for s in seqs], chunk=run.s.logprob_chunk,
+                          temperature=run.s.temperature, with_entropy=with_entropy, shared=run.s.shared_forward)
+
+
+@torch.no_grad()
+def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> None:
+    """log pi_old (and the AEPO mask from old-policy entropies), and log pi_ref when KL is on, in place.
+
+    Every process computes every piece so all hold the same token counts for the loss denominators.
+    """
+    from longrl.algo.aepo import entropy_negative_mask
+
+    a = run.s.algo
+    model = run.accelerator.unwrap_model(run.model)
+    for piece in pieces:
+        ps = [seqs[i] for i in piece]
+        if run.s.needs_old_logprobs:
+            logps_BT, ent_BT, mask_BT = piece_logprobs(run, model, ps, with_entropy=a.entropy_mask_threshold > 0)
+            if a.entropy_mask_threshold > 0:
+                adv_B = torch.tensor([s.adv for s in ps], device=logps_BT.device)
+                mask_BT = entropy_negative_mask(adv_B, ent_BT, mask_BT, a.entropy_mask_threshold,
+                                                a.entropy_mask_level)
+            for b, s in enumerate(ps):
+                s.old_logps = logps_BT[b, :len(s.completion_ids)].cpu()
+                s.mask = mask_BT[b, :len(s.completion_ids)].bool().cpu()
+        if run.ref_model is not None:
+            ref_BT, _, _ = piece_logprobs(run, run.ref_model, ps, with_entropy=False)
+            for b, s in enumerate(ps):
+                s.ref_logps = ref_BT[b, :len(s.completion_ids)].cpu()
+
+
+def piece_loss(run: RLRun, seqs: list[Seq], num_tokens: int, num_seqs: int) -> tuple[torch.Tensor, dict]:
+    """This piece's share of the mini-batch objective (clipped surrogate [+ KL] [- entropy])."""
+    from longrl.algo.losses import policy_loss
+
+    a = run.s.algo
+    logps_BT, ent_BT, _ = piece_logprobs(run, run.model, seqs, with_entropy=True)
+    device, width = logps_BT.device, logps_BT.shape[1]
+    mask_BT = _pad([s.mask for s in seqs], width, False).to(device)
+    if seqs[0].old_logps is not None:
+        old_BT = _pad([s.old_logps for s in seqs], width, 0.0).to(device)
+    else:
+        old_BT = logps_BT.detach()
+    ref_BT = _pad([s.ref_logps for s in seqs], width, 0.0).to(device) if run.ref_model is not None else None
+    adv_B = torch.tensor([s.adv for s in seqs], dtype=torch.float32, device=device)
+    return policy_loss(logps_BT, old_BT, adv_B, mask_BT, clip_low=a.clip_low, clip_high=a.clip_high,
+                       dual_clip=a.dual_clip, ratio_cap=a.ratio_cap, agg=a.loss_agg, num_tokens=num_tokens,
+                       num_seqs=num_seqs, norm_const=float(run.s.max_new_tokens), ref_logps_BT=ref_BT,
+                       kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy_BT=ent_BT,
+                       entropy_coef=a.entropy_coef)
+
+
+def update(run: RLRun, seqs: list[Seq], mini_batch: list[list[int]]) -> dict[str, float]:
+    """theta <- AdamW(theta, grad J_mb): token-budget micro-batches, exact global token-mean, clip."""
+    from longrl.algo.losses import merge_micro_metrics
+    from longrl.train.optim import shard, synced_update
+
+    members = [seqs[i] for piece in mini_batch for i in piece]
+    num_tokens = int(sum(int(s.mask.sum()) for s in members))
+    num_seqs = sum(1 for s in members if bool(s.mask.any()))
+    acc = run.accelerator
+    micro_metrics, loss_ok = [], True
+    for piece in shard(mini_batch, acc.process_index, acc.num_processes):
+        loss, m = piece_loss(run, [seqs[i] for i in piece], num_tokens, num_seqs)
+        loss_ok = loss_ok and bool(torch.isfinite(loss.detach()))
+        loss.backward()
+        micro_metrics.append(m)
+    result = synced_update(run.params, run.optimizer, acc, run.s.optim.grad_clip, loss_ok)
+    _count_nonfinite(run, result.applied)
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        micro_metrics = gather_object(micro_metrics)
+    metrics = merge_micro_metrics(micro_metrics) if micro_metrics else {}
+    metrics["actor/grad_norm"] = result.grad_norm
+    return metrics
+
+
+def _count_nonfinite(run: RLRun, applied: bool) -> None:
+    if applied:
+        run.nonfinite_in_row = 0
+        return
+    run.nonfinite_in_row += 1
+    run.skipped_updates += 1
+    log.warning("non-finite loss or gradient: update skipped (%d in a row)", run.nonfinite_in_row)
+    if run.nonfinite_in_row >= run.s.max_nonfinite_in_row:
+        raise NonFiniteError(
+            f"{run.nonfinite_in_row} consecutive updates had a NaN/inf loss or gradient; stopping. Lower "
+            f"rl.optim.lr, check the data and rewards, or resume from the last checkpoint")
+
+
+# ---------------------------------------------------------------------------- one step
+def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
+    """One GRPO/DAPO step (module docstring, steps 1-6); returns (metrics, every generated group)."""
+    t0 = time.perf_counter()
+    run.model.eval()
+    kept, generated, sampling = collect_batch(run, step)                        # 1-3: o ~ pi_old, R, filter
+    t_gen = time.perf_counter()
+    run.model.train()
+    train: dict[str, float] = {}
+    if kept:
+        adv = group_advantages(kept, run.s.algo.advantage, run.s.algo.eps)      # 4: A_i
+        seqs = training_sequences(kept, adv)
+        pieces = make_pieces(seqs, run.s.micro_token_budget, run.s.shared_forward)
+        old_policy_pass(run, seqs, pieces)                                       # 5: log pi_old, log pi_ref
+        stats = [update(run, seqs, mb)                                           # 6: theta <- AdamW(grad J)
+                 for _ in range(run.s.epochs) for mb in mini_batches(pieces, seqs, run.s.mini_batches)]
+        train = _mean_metrics(stats)
+    else:
+        log.warning("step %d: no informative group after %d round(s); no update", step + 1,
+                    int(sampling.get("sampling/rounds", 0)))
+    train["actor/lr"] = run.optimizer.param_groups[0]["lr"]
+    with warnings.catch_warnings():  # a step whose update was skipped still advances the schedule
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        run.scheduler.step()
+    if hasattr(run.generator, "update_weights"):
+        run.generator.update_weights(run.model, step + 1)
+    timing = {"gen": t_gen - t0, "train": time.perf_counter() - t_gen}
+    return step_metrics(run, generated, kept, sampling, train, timing), generated
+
+
+def _mean_metrics(stats: list[dict[str, float]]) -> dict[str, float]:
+    keys = dict.fromkeys(k for s in stats for k in s)
+    return {k: sum(s[k] for s in stats if k in s) / sum(1 for s in stats if k in s) for k in keys}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def step_metrics(run: RLRun, generated: list[Group], kept: list[Group], sampling: dict, train: dict,
+                 timing: dict[str, float]) -> dict[str, float]:
+    """The step's namespaced record: reward/*, response_length/*, sampling/*, actor/*, loss/*, perf/*."""
+    lengths = [len(c) for g in generated for c in g.completions]
+    total = timing["gen"] + timing["train"]
+    m = {
+        "reward/mean": _mean([r for g in generated for r in g.rewards]),
+        "reward/score": _mean([s for g in generated for s in g.scores]),
+        "reward/acc": _mean([a for g in generated for a in g.accs]),
+        "reward/overlong_penalty": _mean([p for g in generated for p in g.penalties]),
+        "reward/batch_mean": _mean([r for g in kept for r in g.rewards]),
+        "response_length/mean": _mean(lengths),
+        "response_length/max": float(max(lengths, default=0)),
+        "response_length/min": float(min(lengths, default=0)),
+        "response_length/clip_ratio": _mean([float(f == "length") for g in generated for f in g.finish]),
+        "actor/skipped_updates": float(run.skipped_updates),
+        "perf/gen_time_s": timing["gen"],
+        "perf/train_time_s": timing["train"],
+        "perf/step_time_s": total,
+        "perf/tokens_per_s": sum(lengths) / total if total > 0 else 0.0,
+    }
+    m.update(sampling)
+    m.update(train)
+    if hasattr(run.reward_fn, "metrics"):
+        m.update(run.reward_fn.metrics())
+    return m
+
+
+def sample_records(groups: list[Group], n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` rollouts (one per group first) for the rollout-samples file."""
+    out = []
+    for j in range(max((len(g.texts) for g in groups), default=0)):
+        for g in groups:
+            if len(out) >= n:
+                return out
+            if j < len(g.texts):
+                out.append({"prompt_id": f"{g.sample.source}/{g.sample.id}", "response": g.texts[j],
+                            "pred": g.preds[j], "answers": g.sample.answers, "score": g.scores[j],
+                            "acc": g.accs[j], "reward": g.rewards[j], "length": len(g.completions[j]),
+                            "finish_reason": g.finish[j]})
+    return out
+
+
+# ---------------------------------------------------------------------------- rewards
+class HybridRewardFn:
+    """:data:`RewardFn` over :class:`~longrl.rewards.hybrid.HybridReward` (rule score max judge verdict).
+
+    ``metrics()`` returns the reward / judge counters since the previous call (this process's share).
+    """
+
+    def __init__(self, hybrid):
+        self.hybrid = hybrid
+
+    def __call__(self, samples: list[DocQASample], responses: list[str]) -> list[Any]:
+        from longrl.rewards.hybrid import RewardItem
+
+        items = [RewardItem(task=s.task, question=s.question, response=r, answers=list(s.answers),
+                            document=s.document) for s, r in zip(samples, responses)]
+        return self.hybrid.score_batch(items)
+
+    def metrics(self) -> dict[str, float]:
+        m = self.hybrid.metrics()
+        self.hybrid.reset_metrics()
+        return m
+
+
+def make_reward_fn(reward_cfg) -> HybridRewardFn:
+    """The configured hybrid reward (judge from ``reward_cfg.judge``; none when backend is 'none')."""
+    from longrl.rewards.hybrid import HybridReward
+    from longrl.rewards.judge import make_judge
+
+    return HybridRewardFn(HybridReward(reward_cfg, make_judge(reward_cfg.judge)))
+
+
+# ---------------------------------------------------------------------------- the phase loop
+def _frozen_copy(model):
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _checkpoint_state(run: RLRun, extra_state: dict[str, Any]) -> dict[str, Any]:
+    return {"sampler": run.sampler.state_dict(),
+            "extra": {k: v.state_dict() for k, v in extra_state.items()},
+            "nonfinite_in_row": run.nonfinite_in_row, "skipped_updates": run.skipped_updates}
+
+
+def _resume(run: RLRun, ckpt_root: Path, extra_state: dict[str, Any]) -> int:
+    """Restore the newest valid checkpoint under ``ckpt_root``; return the step to continue from."""
+    from longrl.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(ckpt_root)
+    if path is None:
+        return 0
+    trainer = load_checkpoint(path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                              accelerator=run.accelerator)
+    state = trainer["state"]
+    run.sampler.load_state_dict(state["sampler"])
+    for k, obj in extra_state.items():
+        obj.load_state_dict(state["extra"][k])
+    run.nonfinite_in_row, run.skipped_updates = state["nonfinite_in_row"], state["skipped_updates"]
+    log.info("resumed from %s (step %d)", path, trainer["step"])
+    return int(trainer["step"])
+
+
+def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generator, ref_model,
+               on_accuracies, accelerator) -> RLRun:
+    from longrl.train.optim import build_optimizer, build_scheduler
+
+    if s.algo.kl_coef > 0 and ref_model is None:
+        ref_model = _frozen_copy(accelerator.unwrap_model(model))
+    if generator is None:
+        from longrl.rollout.hf import HFGenerator
+
+        generator = HFGenerator(model, tokenizer, shared_prefill=cfg.rollout.shared_prefill)
+    o = s.optim
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, tuple(o.betas))
+    scheduler = build_scheduler(optimizer, o.warmup_steps, s.steps, o.schedule)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return RLRun(s=s, model=model, tokenizer=tokenizer, generator=generator, reward_fn=reward_fn,
+                 sampler=sampler, accelerator=accelerator, optimizer=optimizer, scheduler=scheduler,
+                 params=params, ref_model=ref_model, on_accuracies=on_accuracies)
+
+
+def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, *, run_dir: str | Path,
+             steps: int | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
+             seed: int | None = None, on_accuracies: AccuracyCallback | None = None, generator=None,
+             ref_model=None, extra_state: dict[str, Any] | None = None, accelerator=None) -> RLResult:
+    """Run (or resume, or re-enter after completion) one RL phase on ``model`` in place.
+
+    ``cfg`` is the :class:`~longrl.config.Config` (algo, rl, rollout, reward.overlong, logging, seed,
+    save_every, keep_checkpoints); ``steps`` / ``max_new_tokens`` / ``temperature`` / ``seed`` override
+    it for this phase (None keeps the config; a negative temperature too). ``sampler.next_batch()``
+    must return ``rl.prompts_per_step`` samples. ``on_accuracies(sample, accs)`` sees every generated
+    group. ``extra_state`` maps names to objects with ``state_dict`` / ``load_state_dict`` (e.g. the
+    retrospective pool) saved in and restored from the phase's checkpoints. ``ref_model`` (or a frozen
+    copy of ``model`` at entry, when ``algo.kl_coef > 0``) is pi_ref.
+
+    Checkpoints: ``run_dir/checkpoints`` every ``save_every`` steps and at the last step; calling again
+    with the same ``run_dir`` resumes from the newest valid one. The final model + tokenizer are written
+    to ``run_dir/final``. Every process must call this with the same arguments.
+    """
+    from longrl.train.optim import seed_everything
+    from longrl.train.sft import default_accelerator, save_final
+
+    accelerator = accelerator or default_accelerator()
+    s = RLSettings.from_config(cfg, steps, max_new_tokens, temperature, seed)
+    run_dir, extra_state = Path(run_dir), extra_state or {}
+    seed_everything(s.seed)
+    run = _build_run(model, tokenizer, sampler, reward_fn, s, cfg, generator, ref_model, on_accuracies, accelerator)
+    start = _resume(run, run_dir / "checkpoints", extra_state)
+    metrics = _loop(run, run_dir, start, extra_state, cfg.to_dict())
+    final = save_final(model, tokenizer, run_dir / "final", accelerator)
+    return RLResult(steps=s.steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
+
+
+def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any], config: dict) -> dict[str, float]:
+    """Steps ``start .. s.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
+    from longrl.train.checkpoint import save_checkpoint
+    from longrl.train.telemetry import Telemetry
+
+    s, lc = run.s, run.s.logging
+    tel = Telemetry(run_dir, total_steps=s.steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
+                    tensorboard=lc.tensorboard, wandb_project=lc.wandb_project, progress=lc.progress,
+                    enabled=run.accelerator.is_main_process, config=config)
+    metrics: dict[str, float] = {}
+    try:
+        for step in range(start, s.steps):
+            metrics, generated = rl_step(run, step)
+            if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == s.steps):
+                tel.log(step + 1, metrics)
+            if lc.rollout_samples_every and (step + 1) % lc.rollout_samples_every == 0:
+                tel.write_samples(step + 1, sample_records(generated, lc.rollout_samples))
+            if (s.save_every and (step + 1) % s.save_every == 0) or step + 1 == s.steps:
+                save_checkpoint(run_dir / "checkpoints", step + 1, model=run.model, optimizer=run.optimizer,
+                                scheduler=run.scheduler, state=_checkpoint_state(run, extra_state),
+                                accelerator=run.accelerator, keep=s.keep_checkpoints)
+    finally:
+        tel.close()
+    return metrics
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides (e.g. model.path=runs/x/sft/final)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`longrl rl`: one RL stage over data.sources, written to <output_dir>/rl (resumable)."""
+    from longrl.config import ConfigError, load_config
+    from longrl.curriculum.phases import PhaseSampler
+    from longrl.models import load_policy
+    from longrl.train.sft import default_accelerator, read_sources
+
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.data.sources:
+        raise ConfigError("data.sources", "no RL data: set data.sources", args.config)
+    samples = read_sources(cfg.data.sources, cfg.data.on_error)
+    weights = {src.name or Path(src.path).stem: src.weight for src in cfg.data.sources}
+    sampler = PhaseSampler(samples, batch_size=cfg.rl.prompts_per_step, seed=cfg.seed,
+                           weights_by_source=weights if len(set(weights.values())) > 1 else None,
+                           task_balanced=cfg.curriculum.task_balanced)
+    accelerator = default_accelerator()
+    model, tokenizer = load_policy(cfg.model)
+    model.to(accelerator.device)
+    result = train_rl(model, tokenizer, sampler, make_reward_fn(cfg.reward), cfg,
+                      run_dir=Path(cfg.output_dir) / "rl", accelerator=accelerator)
+    if accelerator.is_main_process:
+        m = result.last_metrics
+        print(f"RL done: {result.steps} steps, reward {m.get('reward/mean', float('nan')):.3f}, "
+              f"acc {m.get('reward/acc', float('nan')):.3f}, skipped updates {result.skipped_updates}; "
+              f"model in {result.final_dir}")
+    return 0

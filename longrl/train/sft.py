@@ -1,0 +1,306 @@
+"""Warm-up SFT: completion-only loss on (document, question, reasoning + answer) triplets.
+
+The prompt is the QwenLong chat prompt of :func:`longrl.data.prompt.chat_prompt_ids`; the target is
+the sample's ``metadata["response"]`` when present, else
+``"<think>\\n{reasoning}\\n</think>\\n\\nTherefore, the answer is {answer}."`` followed by EOS.
+The loss is the token-mean negative log-likelihood of the target tokens over the whole optimizer batch
+(exact across token-budget micro-batches and processes), computed by the chunked kernel of
+:mod:`longrl.train.logprobs` so [T, V] logits never exist.
+
+``longrl sft --config FILE [key=value ...]`` trains ``model.path`` on ``sft.sources`` (or
+``data.sources``) and writes ``<output_dir>/sft/final``; re-running resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from longrl.data.records import DocQASample
+
+log = logging.getLogger(__name__)
+
+SFT_TEMPLATE = "<think>\n{reasoning}\n</think>\n\nTherefore, the answer is {answer}."
+"""Assistant target for samples without a full ``metadata["response"]``."""
+
+
+@dataclass
+class SFTExample:
+    prompt_ids: list[int]
+    target_ids: list[int]
+    """Completion tokens, EOS included; the only tokens in the loss."""
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.target_ids)
+
+
+@dataclass
+class SFTResult:
+    final_dir: Path
+    steps: int
+    train_loss: float
+    heldout_loss: float
+    skipped_long: int
+
+
+def sft_target(sample: DocQASample) -> str:
+    """The assistant response trained on for ``sample``."""
+    if sample.metadata.get("response"):
+        return str(sample.metadata["response"])
+    reasoning = str(sample.metadata.get("reasoning", "")).strip()
+    return SFT_TEMPLATE.format(reasoning=reasoning, answer=sample.answer)
+
+
+def build_examples(tokenizer, samples: list[DocQASample], max_seq_tokens: int = 0) -> tuple[list[SFTExample], int]:
+    """Tokenised examples and the number skipped for exceeding ``max_seq_tokens`` (0 = no limit)."""
+    from longrl.data.prompt import chat_prompt_ids
+
+    out, skipped = [], 0
+    for s in samples:
+        target = tokenizer.encode(sft_target(s), add_special_tokens=False) + [tokenizer.eos_token_id]
+        ex = SFTExample(chat_prompt_ids(tokenizer, s), target)
+        if max_seq_tokens and ex.n_tokens > max_seq_tokens:
+            skipped += 1
+            continue
+        out.append(ex)
+    return out, skipped
+
+
+def split_heldout(samples: list[DocQASample], fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic (train, heldout) split; heldout gets ``round(fraction * n)`` samples."""
+    order = list(range(len(samples)))
+    random.Random(f"sft-heldout:{seed}").shuffle(order)
+    n_held = round(fraction * len(samples))
+    held = set(order[:n_held])
+    return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in sorted(held)]
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Example indices of optimizer step ``step``: epoch-wise seeded permutations, stateless in ``step``."""
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(k, n)
+        perm = list(range(n))
+        random.Random(f"sft-order:{seed}:{epoch}").shuffle(perm)
+        out.append(perm[pos])
+    return out
+
+
+def _base_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base, base.get_output_embeddings()
+
+
+def target_logprobs(model, examples: list[SFTExample], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of every example's target tokens in one right-padded forward; ``(logps_BT, mask_BT)``."""
+    from longrl.train.logprobs import token_logprobs_entropy
+
+    base, head = _base_and_head(model)
+    device = head.weight.device
+    width = max(e.n_tokens for e in examples)
+    ids_BT = torch.zeros(len(examples), width, dtype=torch.long, device=device)
+    attn_BT = torch.zeros_like(ids_BT)
+    targets_BT = torch.full_like(ids_BT, -100)
+    for b, e in enumerate(examples):
+        seq = e.prompt_ids + e.target_ids
+        p = len(e.prompt_ids)
+        ids_BT[b, :len(seq)] = torch.tensor(seq, device=device)
+        attn_BT[b, :len(seq)] = 1
+        targets_BT[b, p - 1:len(seq) - 1] = torch.tensor(e.target_ids, device=device)
+    hidden_BTH = base.get_decoder()(input_ids=ids_BT, attention_mask=attn_BT, use_cache=False).last_hidden_state
+    logps_BT, _ = token_logprobs_entropy(hidden_BTH, head.weight, targets_BT, chunk=chunk, with_entropy=False)
+    return logps_BT, targets_BT >= 0
+
+
+def nll_sum(model, examples: list[SFTExample], budget: int, chunk: int, scale: float, backward: bool) -> float:
+    """Sum of target-token NLL over ``examples`` in token-budget micro-batches.
+
+    With ``backward``, each micro-batch's ``nll / scale`` is back-propagated (``scale`` = the global
+    batch's target tokens, so the accumulated gradient is that of the exact token-mean).
+    """
+    from longrl.train.optim import pack_by_token_budget
+
+    total = 0.0
+    for idx in pack_by_token_budget([e.n_tokens for e in examples], budget):
+        logps_BT, mask_BT = target_logprobs(model, [examples[i] for i in idx], chunk)
+        nll = -torch.where(mask_BT, logps_BT, 0.0).sum()
+        if backward:
+            (nll / scale).backward()
+        total += float(nll.detach())
+    return total
+
+
+def heldout_loss(model, examples: list[SFTExample], budget: int, chunk: int, accelerator) -> float:
+    """Token-mean NLL over ``examples`` (sharded over processes)."""
+    from longrl.train.optim import shard
+
+    if not examples:
+        return float("nan")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = shard(examples, rank, world)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        local = nll_sum(model, mine, budget, chunk, 1.0, backward=False) if mine else 0.0
+    model.train(was_training)
+    total = accelerator.reduce(torch.tensor([local], dtype=torch.float64), reduction="sum")
+    return float(total[0]) / sum(len(e.target_ids) for e in examples)
+
+
+def _sft_step(model, params, optimizer, scheduler, accelerator, batch: list[SFTExample], cfg) -> dict[str, float]:
+    """One optimizer step on ``batch`` (this process trains its round-robin share)."""
+    from longrl.train.optim import shard, synced_update
+
+    n_targets = sum(len(e.target_ids) for e in batch)
+    mine = shard(batch, accelerator.process_index, accelerator.num_processes)
+    local = nll_sum(model, mine, cfg.micro_token_budget, cfg.loss_chunk, n_targets, backward=True) if mine else 0.0
+    total = float(accelerator.reduce(torch.tensor([local], dtype=torch.float64), reduction="sum")[0])
+    result = synced_update(params, optimizer, accelerator, cfg.optim.grad_clip, local_loss_ok=bool(
+        torch.isfinite(torch.tensor(local))))
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return {"sft/loss": total / n_targets, "sft/grad_norm": result.grad_norm, "sft/lr": lr,
+            "sft/target_tokens": n_targets, "sft/skipped_update": float(not result.applied)}
+
+
+def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str | Path, seed: int = 0,
+              heldout: list[DocQASample] | None = None, logging_cfg=None, save_every: int = 0,
+              keep_checkpoints: int = 2, accelerator=None) -> SFTResult:
+    """Warm-up SFT of ``model`` in place, as ``cfg`` (an :class:`~longrl.config.SFTConfig`) says.
+
+    ``heldout`` None splits ``cfg.heldout_fraction`` off ``samples``. Checkpoints go to
+    ``run_dir/checkpoints`` (resumed from when present); the final model + tokenizer to
+    ``run_dir/final``. Every process must call this with the same arguments.
+    """
+    from longrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from longrl.train.optim import build_optimizer, build_scheduler, seed_everything
+    from longrl.train.telemetry import Telemetry
+
+    accelerator = accelerator or default_accelerator()
+    run_dir = Path(run_dir)
+    seed_everything(seed)
+    if heldout is None:
+        samples, heldout = split_heldout(samples, cfg.heldout_fraction, seed)
+    train, skipped = build_examples(tokenizer, samples, cfg.max_seq_tokens)
+    held, _ = build_examples(tokenizer, heldout, cfg.max_seq_tokens)
+    if not train:
+        raise ValueError(f"no SFT examples left ({skipped} over sft.max_seq_tokens={cfg.max_seq_tokens})")
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, tuple(o.betas))
+    scheduler = build_scheduler(optimizer, o.warmup_steps, cfg.steps, o.schedule)
+    start = 0
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                                accelerator=accelerator)["step"]
+        log.info("SFT resumed from %s (step %d)", ckpt, start)
+    tel = _telemetry(Telemetry, run_dir, cfg.steps, start, logging_cfg, accelerator)
+    model.train()
+    metrics: dict[str, float] = {}
+    held_loss = float("nan")
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            batch = [train[i] for i in batch_indices(step, cfg.batch_size, len(train), seed)]
+            metrics = _sft_step(model, params, optimizer, scheduler, accelerator, batch, cfg)
+            metrics["perf/step_time_s"] = time.perf_counter() - t0
+            metrics["perf/tokens_per_s"] = sum(e.n_tokens for e in batch) / metrics["perf/step_time_s"]
+            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+                held_loss = heldout_loss(model, held, cfg.micro_token_budget, cfg.loss_chunk, accelerator)
+                metrics["sft/heldout_loss"] = held_loss
+            tel.log(step + 1, metrics)
+            if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(run_dir / "checkpoints", step + 1, model=model, optimizer=optimizer,
+                                scheduler=scheduler, accelerator=accelerator, keep=keep_checkpoints)
+    finally:
+        tel.close()
+    final = save_final(model, tokenizer, run_dir / "final", accelerator)
+    return SFTResult(final, cfg.steps, metrics.get("sft/loss", float("nan")), held_loss, skipped)
+
+
+def save_final(model, tokenizer, path: Path, accelerator) -> Path:
+    """Write the model + tokenizer as a Hugging Face directory (main process), all processes wait."""
+    if accelerator.is_main_process:
+        from longrl.models import save_pretrained_dir
+
+        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, path)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def default_accelerator():
+    """The process's ``accelerate.Accelerator`` (CPU unless CUDA is available)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def _telemetry(cls, run_dir, total, start, logging_cfg, accelerator):
+    from longrl.config import LoggingConfig
+
+    lc = logging_cfg or LoggingConfig()
+    return cls(run_dir, total_steps=total, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
+               tensorboard=lc.tensorboard, wandb_project=lc.wandb_project, progress=lc.progress,
+               enabled=accelerator.is_main_process)
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    parser.add_argument("--init-tiny", action="store_true",
+                        help="when model.path does not exist, build a tiny Qwen2 model + tokenizer there, "
+                             "trained on the SFT texts (CPU demo / smoke runs)")
+    parser.add_argument("--tiny-hidden", type=int, default=64, help="hidden size for --init-tiny")
+    parser.add_argument("--tiny-layers", type=int, default=2, help="layers for --init-tiny")
+
+
+def read_sources(sources, on_error: str) -> list[DocQASample]:
+    from longrl.data.readers import read_source
+
+    out: list[DocQASample] = []
+    for src in sources:
+        out.extend(read_source(src.path, format=src.format, name=src.name, on_error=on_error))
+    return out
+
+
+def init_tiny_model(path: str, samples: list[DocQASample], hidden: int, layers: int) -> None:
+    """Build and save a tiny tokenizer + Qwen2 model trained on ``samples``' texts at ``path``."""
+    from longrl.models import build_tiny_model, build_tiny_tokenizer, save_pretrained_dir
+
+    texts = [t for s in samples for t in (s.document, s.question, sft_target(s))]
+    tok = build_tiny_tokenizer(texts, vocab_size=2000)
+    model = build_tiny_model(tok, hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=2)
+    save_pretrained_dir(model, tok, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from longrl.config import ConfigError, load_config
+    from longrl.models import load_policy
+
+    cfg = load_config(args.config, args.overrides)
+    sources = cfg.sft.sources or cfg.data.sources
+    if not sources:
+        raise ConfigError("sft.sources", "no SFT data: set sft.sources or data.sources", args.config)
+    samples = read_sources(sources, cfg.data.on_error)
+    if args.init_tiny and not Path(cfg.model.path).exists():
+        init_tiny_model(cfg.model.path, samples, args.tiny_hidden, args.tiny_layers)
+    accelerator = default_accelerator()
+    model, tokenizer = load_policy(cfg.model)
+    model.to(accelerator.device)
+    result = train_sft(model, tokenizer, samples, cfg.sft, run_dir=Path(cfg.output_dir) / "sft", seed=cfg.seed,
+                       logging_cfg=cfg.logging, save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints,
+                       accelerator=accelerator)
+    if accelerator.is_main_process:
+        print(f"SFT done: {result.steps} steps, train loss {result.train_loss:.4f}, "
+              f"held-out loss {result.heldout_loss:.4f}, skipped {result.skipped_long} over-long; "
+              f"model in {result.final_dir}")
+    return 0

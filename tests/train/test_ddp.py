@@ -1,0 +1,53 @@
+"""`accelerate launch --num_processes 2 --cpu` (DDP over gloo) matches one process for the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+JOB = Path(__file__).with_name("_tiny_rl_job.py")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+ARGS = ["rl.steps=3", "rl.prompts_per_step=3", "rl.mini_batches=1", "save_every=0"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one(tiny_model_dir, tmp_path):
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    if not Path(accelerate).exists():
+        pytest.skip("accelerate CLI not installed")
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, str(JOB), str(tiny_model_dir), str(one), *ARGS], check=True, env=ENV,
+                   capture_output=True, timeout=300)
+    launch = [accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    proc = subprocess.run([*launch, str(JOB), str(tiny_model_dir), str(two), *ARGS], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 3 prompts over 2 processes: uneven shards (2 + 1) and uneven micro-batch counts
+    for m1, m2 in zip(_metrics(one), _metrics(two), strict=True):
+        assert m1["reward/mean"] == m2["reward/mean"]
+        assert m1["loss/active_tokens"] == m2["loss/active_tokens"]
+        assert m1["actor/grad_norm"] == pytest.approx(m2["actor/grad_norm"], rel=1e-4)
+    a = load_file(str(one / "final" / "model.safetensors"))
+    b = load_file(str(two / "final" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=0)

@@ -1,0 +1,96 @@
+"""Warm-up SFT: targets, exact chunked loss, schedule and packing helpers, and SFT -> RL from one YAML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from longrl.data.records import DocQASample
+from longrl.models import build_tiny_model
+from longrl.train.optim import lr_factor, pack_by_token_budget
+from longrl.train.sft import build_examples, nll_sum, sft_target, split_heldout
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _sample(i: int, **meta) -> DocQASample:
+    return DocQASample(id=f"s{i}", source="toy", task="qa", document="The capital of Veridia is Port Amber.",
+                       question="What is the capital of Veridia?", answers=["Port Amber"], metadata=meta)
+
+
+def test_target_text():
+    assert sft_target(_sample(0, reasoning="The text says so.")) == (
+        "<think>\nThe text says so.\n</think>\n\nTherefore, the answer is Port Amber.")
+    assert sft_target(_sample(0, reasoning="x", response="full")) == "full"
+
+
+def test_examples_end_with_eos(tiny_tokenizer):
+    (ex,), skipped = build_examples(tiny_tokenizer, [_sample(0, reasoning="r")])
+    assert skipped == 0 and ex.target_ids[-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(ex.prompt_ids).endswith("<|im_start|>assistant\n")
+    _, skipped = build_examples(tiny_tokenizer, [_sample(0, reasoning="r")], max_seq_tokens=5)
+    assert skipped == 1
+
+
+def test_chunked_loss_matches_full_logits_and_is_exact_across_micro_batches(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2)
+    exs, _ = build_examples(tiny_tokenizer, [_sample(0, reasoning="short"), _sample(1, reasoning="a bit longer r")])
+    n_targets = sum(len(e.target_ids) for e in exs)
+    ref = 0.0
+    for e in exs:
+        ids = torch.tensor([e.prompt_ids + e.target_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        p = len(e.prompt_ids)
+        ref -= sum(float(logp[p - 1 + t, tok]) for t, tok in enumerate(e.target_ids))
+    grads = []
+    for budget in (1, 10_000):  # every example alone vs one padded micro-batch
+        model.zero_grad()
+        total = nll_sum(model, exs, budget, chunk=7, scale=n_targets, backward=True)
+        assert total == pytest.approx(ref, rel=1e-5)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_schedule_packing_and_split():
+    # warm-up 2 of 10 cosine steps: (s+1)/2 for s < 2, then 0.5 * (1 + cos(pi * (s - 2) / 8))
+    assert [lr_factor(s, 2, 10, "cosine") for s in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+    assert lr_factor(5, 0, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(99, 3, 10, "constant") == 1.0
+    assert pack_by_token_budget([3, 4, 2, 9, 1], 6) == [[0], [1, 2], [3], [4]]
+    train, held = split_heldout([_sample(i) for i in range(20)], 0.1, seed=0)
+    assert len(held) == 2 and len(train) == 18 and not {s.id for s in held} & {s.id for s in train}
+
+
+def test_sft_then_rl_from_one_yaml(tmp_path):
+    """configs/tiny_cpu.yaml, shrunk by overrides: `longrl sft --init-tiny` then `longrl rl`."""
+    from longrl.cli import main
+    from longrl.data.readers import write_jsonl
+    from longrl.data.synth import generate
+
+    data = tmp_path / "train.jsonl"
+    write_jsonl(generate(24, 40, seed=0), data)
+    out = tmp_path / "run"
+    common = [f"output_dir={out}", f"data.sources=[{{path: {data}, format: synthetic}}]", "logging.progress=false",
+              "logging.tensorboard=false", "rollout.max_new_tokens=24", "reward.overlong.buffer_tokens=4"]
+    cfg = str(ROOT / "configs" / "tiny_cpu.yaml")
+    assert main(["sft", "--config", cfg, "--init-tiny", "--tiny-hidden", "32", f"model.path={tmp_path / 'init'}",
+                 "sft.steps=6", "sft.eval_every=3", *common]) == 0
+    sft_rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert sft_rows[-1]["sft/loss"] < sft_rows[0]["sft/loss"] and "sft/heldout_loss" in sft_rows[-1]
+    assert main(["rl", "--config", cfg, f"model.path={out / 'sft' / 'final'}", "rl.steps=2",
+                 "rl.prompts_per_step=2", *common]) == 0
+    rows = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and (out / "rl" / "final" / "model.safetensors").is_file()
