@@ -36,6 +36,7 @@ from typing import Any
 
 from longrl.data.prompt import QWENLONG_TEMPLATE, render_user_prompt
 from longrl.data.records import TASK_TYPES, DocQASample, RecordError
+from longrl.rewards.rule import task_for_source
 
 FORMATS = ("verl", "longbench", "docmath", "frames", "jsonl")
 """Reader names accepted by :func:`read_source` (besides ``auto`` and the aliases below)."""
@@ -127,16 +128,6 @@ def looks_multiple_choice(question: str) -> bool:
     """True when the question lists at least two lettered options ('(A) ...', 'B. ...')."""
     letters = {a or b for a, b in _OPTION_RE.findall(question)}
     return len(letters) >= 2
-
-
-def task_for_data_source(data_source: str) -> str:
-    """Task type from a verl ``data_source`` name (the reward-dispatch rule of the issue)."""
-    name = data_source.lower()
-    if "docmath" in name:
-        return "numeric"
-    if "long_toc_choices" in name or "mcq" in name:
-        return "mcq"
-    return "qa"
 
 
 def split_user_prompt(content: str) -> tuple[str, str]:
@@ -254,14 +245,14 @@ def _parse_verl(rec: dict[str, Any], pos: int, name: str, stem: str) -> DocQASam
     answers = extra.pop("answers", None)
     answers = _answer_list(answers if answers is not None else reward_model.get("ground_truth"),
                            "reward_model.ground_truth" if answers is None else "extra_info.answers")
-    task = extra.pop("task", None) or task_for_data_source(data_source)
+    task = extra.pop("task", None) or task_for_source(data_source)
     if task not in TASK_TYPES:
         raise _FieldError("extra_info.task", f"must be one of {TASK_TYPES}, got {task!r}")
     try:
         metadata = json.loads(extra.pop("metadata_json", None) or "{}")
     except json.JSONDecodeError as e:
         raise _FieldError("extra_info.metadata_json", f"invalid JSON: {e.msg}") from None
-    metadata.update({k: v for k, v in extra.items() if k not in ("id", "index", "n_tokens") and v is not None})
+    metadata.update({k: v for k, v in extra.items() if k not in ("id", "index", "n_tokens", "question") and v is not None})
     return DocQASample(id=str(extra.get("id") or extra.get("index", f"{stem}-{pos}")),
                        source=name or data_source, task=task, document=document, question=question,
                        answers=answers, n_tokens=int(extra.get("n_tokens", -1)), metadata=metadata)
@@ -435,7 +426,8 @@ def verl_row(sample: DocQASample, index: int) -> dict[str, Any]:
     """The verl RL row for a sample: QwenLong user prompt, rule reward with the first gold answer.
 
     ``reward_model.ground_truth`` holds the first answer as a string (the DocQA-RL-1.6K type);
-    ``extra_info.answers`` holds all of them, with id, task, token count and metadata (as JSON).
+    ``extra_info.answers`` holds all of them, with id, task, question (so ``compute_score`` can reject
+    question echoes), token count and metadata (as JSON).
     """
     return {
         "data_source": sample.source,
@@ -443,6 +435,7 @@ def verl_row(sample: DocQASample, index: int) -> dict[str, Any]:
         "ability": _ABILITY_BY_TASK[sample.task],
         "reward_model": {"style": "rule", "ground_truth": sample.answer},
         "extra_info": {"index": index, "id": sample.id, "task": sample.task, "answers": list(sample.answers),
+                       "question": sample.question,
                        "n_tokens": sample.n_tokens,
                        "metadata_json": json.dumps(sample.metadata, ensure_ascii=False, default=str)},
     }
