@@ -509,6 +509,81 @@ class LoggingConfig:
     """Rich progress bars."""
 
 
+# --------------------------------------------------------------------------------------------------
+# Pipeline: synthetic data and a from-scratch tiny policy (the CPU demo), per-stage held-out evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthSetConfig:
+    target_tokens: int = 256
+    """Document length in policy tokens (``longrl.data.synth``, counted with the policy tokenizer)."""
+    n: int = 100
+    """Samples; question families cycle, so a multiple of the family count keeps them balanced."""
+
+    def check(self) -> None:
+        _require(self.target_tokens > 0, "target_tokens", "must be > 0")
+        _require(self.n > 0, "n", "must be > 0")
+
+
+@dataclass
+class SyntheticDataConfig:
+    enabled: bool = False
+    """Generate SFT, RL and held-out data with ``longrl.data.synth`` (data.sources / sft.sources unused)."""
+    families: list[str] = field(default_factory=lambda: ["lookup", "multihop", "numeric", "mcq"])
+    """Question families (lookup, multihop, numeric, mcq)."""
+    sft: list[SynthSetConfig] = field(default_factory=list)
+    """Warm-up SFT sets (split 'sft')."""
+    train: list[SynthSetConfig] = field(default_factory=list)
+    """RL sets (split 'train'); the curriculum phases take them by prompt length."""
+    heldout: list[SynthSetConfig] = field(default_factory=list)
+    """Held-out sets (split 'heldout', documents disjoint from training), evaluated after every stage."""
+
+    def check(self) -> None:
+        if self.enabled:
+            _require(bool(self.train), "train", "needs at least one set when synthetic data is enabled")
+
+
+@dataclass
+class TinyPolicyConfig:
+    vocab_size: int = 1200
+    """BPE vocabulary of the tokenizer trained on synthetic texts."""
+    hidden_size: int = 128
+    """Qwen2 hidden size."""
+    num_layers: int = 4
+    """Decoder layers."""
+    num_heads: int = 4
+    """Attention heads."""
+    num_kv_heads: int = 2
+    """Key/value heads (grouped-query attention)."""
+    corpus_samples: int = 400
+    """Synthetic samples (split 'corpus') whose documents, questions and targets train the tokenizer."""
+    corpus_tokens: int = 256
+    """Document length of the corpus samples (word-count estimate)."""
+
+    def check(self) -> None:
+        _require(self.vocab_size >= 300, "vocab_size", "must be >= 300 (256 bytes + specials + merges)")
+        _require(self.hidden_size % self.num_heads == 0, "hidden_size", "must be divisible by num_heads")
+        _require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads", "must divide num_heads")
+
+
+@dataclass
+class PipelineConfig:
+    stage_eval: bool = True
+    """Evaluate the held-out sets after every stage, the initial model included (``eval.*`` sampling)."""
+    eval_batch_size: int = 32
+    """Prompts per batched generation in held-out evaluation."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    tiny: TinyPolicyConfig = field(default_factory=TinyPolicyConfig)
+    """Used when model.path is empty: a tokenizer trained on synthetic texts and a Qwen2 model from scratch."""
+
+    def check(self) -> None:
+        _require(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        _require(self.threads >= 0, "threads", "must be >= 0")
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -529,6 +604,7 @@ class Config:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def check(self) -> None:
         _require(self.save_every >= 0, "save_every", "must be >= 0")

@@ -1,0 +1,419 @@
+"""One evaluation harness: prompts -> generations (cached as they complete) -> scores -> judge -> records.
+
+Generation runs through an OpenAI-compatible chat endpoint (vLLM, SGLang, ``transformers serve``; a
+thread pool with per-request timeouts and retries) or in process (``longrl.rollout.hf.HFGenerator``).
+Both send the same text: the QwenLong user prompt whose document is middle-truncated with the model's
+tokenizer so that the chat prompt fits ``max_input_tokens``.
+
+Every finished generation is appended to ``generations.jsonl`` at once, keyed by (benchmark, id,
+sample index); a re-run with the same settings generates only the keys that are missing or failed.
+A generation that still fails after its retries stays in the results as failed: it scores 0 and
+counts in every denominator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from longrl.config import ConfigError, EvalConfig
+from longrl.data.records import DocQASample
+from longrl.eval.benchmarks import get_benchmark
+from longrl.eval.metrics import judge_prediction, split_thinking
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, int]
+"""(benchmark, sample id, sample index)."""
+
+CACHE_FILE = "generations.jsonl"
+META_FILE = "generations.meta.json"
+
+
+@dataclass
+class Job:
+    key: Key
+    messages: list[dict[str, str]]
+    prompt_tokens: int
+    truncated: bool
+
+
+@dataclass
+class Generation:
+    response: str
+    finish_reason: str
+    completion_tokens: int = -1
+    error: str = ""
+    """Non-empty when the generation failed after all retries."""
+
+
+class GenerationError(RuntimeError):
+    """A request failed for good (after retries, or with a non-retryable status)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------------
+
+
+def _chat_len(tokenizer, messages: list[dict[str, str]]) -> int:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    return len(ids)
+
+
+def build_messages(tokenizer, sample: DocQASample, max_input_tokens: int) -> tuple[list[dict[str, str]], int, bool]:
+    """(chat messages, prompt tokens, truncated): the document is middle-truncated to fit the budget."""
+    from longrl.data.prompt import middle_truncate, render_user_prompt
+
+    def messages(document: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": render_user_prompt(document, sample.question)}]
+
+    full = messages(sample.document)
+    n_full = _chat_len(tokenizer, full)
+    if n_full <= max_input_tokens:
+        return full, n_full, False
+    frame = _chat_len(tokenizer, messages(""))
+    if frame > max_input_tokens:
+        raise ValueError(f"sample {sample.id!r}: instructions and question alone take {frame} tokens "
+                         f"> max_input_tokens={max_input_tokens}")
+    doc_ids = tokenizer.encode(sample.document.strip(), add_special_tokens=False)
+    kept = middle_truncate(doc_ids, max_input_tokens - frame)
+    short = messages(tokenizer.decode(kept, skip_special_tokens=True))
+    return short, _chat_len(tokenizer, short), True
+
+
+# --------------------------------------------------------------------------------------------------
+# The on-disk cache
+# --------------------------------------------------------------------------------------------------
+
+
+class GenerationCache:
+    """Append-only JSONL of generations; the last record of a key wins. A torn last line (a killed
+    run) is ignored and counted in ``torn_lines``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.records: dict[Key, dict[str, Any]] = {}
+        self.torn_lines = 0
+        self._lock = threading.Lock()
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        with self.path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    key = (rec["benchmark"], str(rec["id"]), int(rec["sample"]))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    self.torn_lines += 1
+                    continue
+                self.records[key] = rec
+
+    def done(self, key: Key) -> bool:
+        rec = self.records.get(key)
+        return rec is not None and not rec.get("error")
+
+    def add(self, job: Job, gen: Generation) -> None:
+        bench, sid, idx = job.key
+        rec = {"benchmark": bench, "id": sid, "sample": idx, "response": gen.response,
+               "finish_reason": gen.finish_reason, "completion_tokens": gen.completion_tokens,
+               "prompt_tokens": job.prompt_tokens, "truncated": job.truncated, "error": gen.error}
+        line = json.dumps(rec, ensure_ascii=False) + "\n"
+        with self._lock:
+            if self.path.exists() and self.path.stat().st_size and not self._ends_with_newline():
+                line = "\n" + line
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+            self.records[job.key] = rec
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) == b"\n"
+
+
+def check_cache_meta(out_dir: Path, meta: dict[str, Any]) -> None:
+    """Refuse to mix generations made with different settings in one output directory."""
+    path = out_dir / META_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        if diff:
+            raise ConfigError("eval", f"{out_dir} holds generations made with other settings {diff}; "
+                                      "use another --out directory (or delete it) to start afresh")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(meta, indent=2))
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------------------
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """The assistant text, with server-split reasoning put back inside <think>...</think>."""
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+    if reasoning and "</think>" not in content:
+        return f"<think>{reasoning}</think>{content}"
+    return content
+
+
+class EndpointBackend:
+    """Chat completions against an OpenAI-compatible server, ``concurrency`` requests in flight."""
+
+    RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+    def __init__(self, base_url: str, model: str, *, api_key: str = "", concurrency: int = 8,
+                 timeout_s: float = 1800.0, max_retries: int = 4, backoff_s: float = 1.0):
+        import httpx
+
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout_s, headers=headers,
+                                   limits=httpx.Limits(max_connections=concurrency))
+
+    def _post_once(self, body: dict[str, Any]) -> Generation:
+        import httpx
+
+        try:
+            r = self.client.post(self.url, json=body)
+        except httpx.HTTPError as e:
+            raise _Retryable(f"{type(e).__name__}: {e}") from None
+        if r.status_code in self.RETRY_STATUS:
+            raise _Retryable(f"HTTP {r.status_code}: {r.text[:200]}")
+        if r.status_code != 200:
+            raise GenerationError(f"HTTP {r.status_code}: {r.text[:200]}")
+        try:
+            choice = r.json()["choices"][0]
+            usage = r.json().get("usage") or {}
+            return Generation(_message_text(choice["message"]), choice.get("finish_reason") or "",
+                              int(usage.get("completion_tokens", -1)))
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise _Retryable(f"malformed response: {e}: {r.text[:200]}") from None
+
+    def _request(self, job: Job, max_new_tokens: int, temperature: float, top_p: float) -> Generation:
+        body = {"model": self.model, "messages": job.messages, "max_tokens": max_new_tokens,
+                "temperature": temperature, "top_p": top_p}
+        delay = self.backoff_s
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._post_once(body)
+            except _Retryable as e:
+                if attempt == self.max_retries:
+                    raise GenerationError(f"{e} (after {attempt + 1} attempts)") from None
+                log.warning("retrying %s after %s", job.key, e)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def run(self, jobs: list[Job], on_done: Callable[[Job, Generation], None], *, max_new_tokens: int,
+            temperature: float, top_p: float) -> None:
+        def one(job: Job) -> tuple[Job, Generation]:
+            try:
+                return job, self._request(job, max_new_tokens, temperature, top_p)
+            except GenerationError as e:
+                return job, Generation("", "error", error=str(e))
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            for fut in as_completed([pool.submit(one, j) for j in jobs]):
+                on_done(*fut.result())
+
+
+class _Retryable(Exception):
+    pass
+
+
+class InProcessBackend:
+    """Generation with a loaded HF model through ``HFGenerator`` (one prompt at a time, its pending
+    samples drawn together from one shared prefill)."""
+
+    def __init__(self, model, tokenizer, seed: int = 0):
+        from longrl.rollout.hf import HFGenerator
+
+        self.tokenizer = tokenizer
+        self.generator = HFGenerator(model, tokenizer, shared_prefill=True, seed=seed)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        ids = list(token_ids)
+        if ids and ids[-1] in self.generator.stop_ids:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def run(self, jobs: list[Job], on_done: Callable[[Job, Generation], None], *, max_new_tokens: int,
+            temperature: float, top_p: float) -> None:
+        groups: dict[tuple[str, str], list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.key[:2], []).append(job)
+        for group in groups.values():
+            ids = self.tokenizer.apply_chat_template(group[0].messages, tokenize=True, add_generation_prompt=True)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            try:
+                outs = self.generator.generate([list(ids)], len(group), max_new_tokens, temperature, top_p)[0]
+            except (RuntimeError, ValueError) as e:
+                for job in group:
+                    on_done(job, Generation("", "error", error=f"{type(e).__name__}: {e}"))
+                continue
+            for job, comp in zip(group, outs):
+                on_done(job, Generation(self._decode(comp.token_ids), comp.finish_reason, len(comp.token_ids)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------------
+
+
+def load_samples(cfg: EvalConfig) -> dict[str, list[DocQASample]]:
+    """{benchmark: samples} for the configured benchmarks (validated names, ``limit`` applied)."""
+    if not cfg.benchmarks:
+        raise ConfigError("eval.benchmarks", "name at least one benchmark")
+    for name in cfg.benchmarks:
+        try:
+            get_benchmark(name)
+        except KeyError as e:
+            raise ConfigError("eval.benchmarks", str(e.args[0])) from None
+    return {name: get_benchmark(name).load(cfg.data_dir, cfg.limit) for name in cfg.benchmarks}
+
+
+def plan_jobs(samples: dict[str, list[DocQASample]], k: int, cache: GenerationCache, tokenizer,
+              max_input_tokens: int) -> tuple[list[Job], list[tuple[Job, str]]]:
+    """Jobs for every (benchmark, id, index < k) the cache holds no successful generation of, and the
+    jobs whose prompt cannot fit the budget even with an empty document (with the reason)."""
+    jobs, unfit = [], []
+    for bench, items in samples.items():
+        for s in items:
+            missing = [i for i in range(k) if not cache.done((bench, s.id, i))]
+            if not missing:
+                continue
+            try:
+                messages, n_tokens, truncated = build_messages(tokenizer, s, max_input_tokens)
+            except ValueError as e:
+                unfit += [(Job((bench, s.id, i), [], -1, True), str(e)) for i in missing]
+                continue
+            jobs += [Job((bench, s.id, i), messages, n_tokens, truncated) for i in missing]
+    return jobs, unfit
+
+
+def generate_all(samples: dict[str, list[DocQASample]], cfg: EvalConfig, backend, tokenizer,
+                 out_dir: Path, meta: dict[str, Any], progress: Callable[[int, int], None] | None = None
+                 ) -> tuple[GenerationCache, dict[str, int]]:
+    """Fill the cache for every (benchmark, id, sample index); returns it and generation counts."""
+    check_cache_meta(out_dir, meta)
+    cache = GenerationCache(out_dir / CACHE_FILE)
+    jobs, unfit = plan_jobs(samples, cfg.k, cache, tokenizer, cfg.max_input_tokens)
+    total = sum(len(v) for v in samples.values()) * cfg.k
+    counts = {"total": total, "cached": total - len(jobs) - len(unfit), "generated": 0, "failed": len(unfit),
+              "torn_lines": cache.torn_lines}
+    for job, reason in unfit:
+        cache.add(job, Generation("", "error", error=reason))
+    log.info("eval: %d generations cached, %d to generate", counts["cached"], len(jobs))
+
+    def on_done(job: Job, gen: Generation) -> None:
+        cache.add(job, gen)
+        counts["failed" if gen.error else "generated"] += 1
+        if progress:
+            progress(counts["generated"] + counts["failed"], len(jobs))
+
+    backend.run(jobs, on_done, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    return cache, counts
+
+
+def _count_tokens(tokenizer, text: str) -> int | None:
+    if tokenizer is None:
+        return None
+    return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
+
+
+def score_record(rec: dict[str, Any], answers: list[str], cfg: EvalConfig, tokenizer=None) -> dict[str, Any]:
+    """Add extraction, thinking length and rule metrics to a generation record (judge fields unset)."""
+    bench = get_benchmark(rec["benchmark"])
+    response = rec.get("response") or ""
+    failed = bool(rec.get("error")) or "response" not in rec
+    scored = bench.score(response, answers, first_gold_only=cfg.first_gold_only)
+    thinking, final = split_thinking(response)
+    out = dict(rec)
+    out.update(answers=answers, failed=failed, pred=scored.pred, metrics=scored.metrics, rule=scored.rule,
+               has_think=final is not None, thinking_chars=len(thinking),
+               thinking_tokens=_count_tokens(tokenizer, thinking), judge=None, judge_status="off",
+               score=scored.rule)
+    return out
+
+
+def apply_judge(records: list[dict[str, Any]], questions: dict[tuple[str, str], str], judge) -> None:
+    """Ask the judge about every record with something to judge; score = max(rule, judge verdict).
+
+    Statuses: 'yes' / 'no' (a verdict), 'no_verdict' (the judge failed: the rule score stands, and the
+    record is counted), 'no_answer' (nothing to judge), 'failed' (the generation failed)."""
+    from longrl.rewards.judge import JudgeRequest
+
+    todo, reqs = [], []
+    for rec in records:
+        pred = rec["pred"]
+        if not pred and get_benchmark(rec["benchmark"]).judge_final_text:
+            pred = judge_prediction(rec.get("response") or "", pred)
+        if rec["failed"]:
+            rec["judge_status"] = "failed"
+        elif not pred or not rec["answers"]:
+            rec["judge_status"] = "no_answer"
+        else:
+            todo.append(rec)
+            reqs.append(JudgeRequest(question=questions[(rec["benchmark"], rec["id"])], prediction=pred,
+                                     gold=rec["answers"][0]))
+    verdicts = judge.judge_many(reqs) if reqs else []
+    for rec, verdict in zip(todo, verdicts):
+        rec["judge"] = verdict
+        rec["judge_status"] = {True: "yes", False: "no", None: "no_verdict"}[verdict]
+        rec["score"] = max(rec["rule"], 1.0 if verdict else 0.0)
+
+
+def score_generations(samples: dict[str, list[DocQASample]], cache: GenerationCache, cfg: EvalConfig,
+                      tokenizer=None, judge=None) -> list[dict[str, Any]]:
+    """One scored record per (benchmark, id, sample index) in ``samples`` x k; missing ones are failed."""
+    records = []
+    for bench, items in samples.items():
+        for s in items:
+            for i in range(cfg.k):
+                rec = cache.records.get((bench, s.id, i)) or {
+                    "benchmark": bench, "id": s.id, "sample": i, "response": "", "finish_reason": "error",
+                    "error": "no generation recorded"}
+                rec = score_record(rec, s.answers, cfg, tokenizer)
+                rec["question"] = s.question
+                records.append(rec)
+    if judge is not None:
+        apply_judge(records, {(b, s.id): s.question for b, v in samples.items() for s in v}, judge)
+    return records
+
+
+def scored_from_predictions(rows: Iterable[dict[str, Any]], cfg: EvalConfig, judge=None) -> list[dict[str, Any]]:
+    """Re-score saved responses ({benchmark, id, response, answers}) without generating."""
+    records = []
+    for n, row in enumerate(rows, 1):
+        missing = [f for f in ("benchmark", "id", "response", "answers") if f not in row]
+        if missing:
+            raise ValueError(f"line {n}: missing field(s) {missing}")
+        answers = row["answers"] if isinstance(row["answers"], list) else [row["answers"]]
+        base = {**row, "id": str(row["id"]), "sample": row.get("sample", 0), "error": row.get("error", "")}
+        records.append(score_record(base, [str(a) for a in answers], cfg))
+    if judge is not None:
+        apply_judge(records, {(r["benchmark"], r["id"]): str(r.get("question", "")) for r in records}, judge)
+    return records
+
+
+def with_overrides(cfg: EvalConfig, **changes: Any) -> EvalConfig:
+    """A copy of ``cfg`` with the non-None ``changes`` applied, validated."""
+    new = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    new.check()
+    return new
