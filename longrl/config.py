@@ -276,12 +276,37 @@ class RolloutConfig:
     """Nucleus sampling."""
     max_new_tokens: int = 10000
     """Output budget per rollout (a phase may override it)."""
-    endpoint: str = ""
-    """Base URL for the 'openai' backend."""
     shared_prefill: bool = True
     """HF backend: prefill the prompt once per group and sample G continuations from the shared cache."""
+    endpoint: str = ""
+    """'openai' backend: server root ending in /v1 (vLLM, SGLang, `transformers serve`)."""
+    model: str = ""
+    """'openai' backend: model name the server expects; empty = model.path."""
+    prompt_format: Literal["ids", "text"] = "ids"
+    """'openai' backend: send token ids (vLLM) or the decoded prompt (`transformers serve`)."""
+    split_n: bool = False
+    """'openai' backend: n one-choice requests per prompt, for servers that ignore `n`."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """'openai' backend: merged into every request (`transformers serve` needs
+    {generation_config: '{"do_sample": true}'} to sample)."""
+    max_concurrency: int = 8
+    """'openai' backend: requests in flight."""
+    timeout_s: float = 600.0
+    """'openai' backend: per-request timeout."""
+    max_retries: int = 3
+    """'openai' backend: retries on 429, 5xx, timeouts and connection errors."""
+    sync_dir: str = ""
+    """'openai' backend: directory the policy is saved to for the server to reload; empty =
+    <output_dir>/rollout_policy."""
+    sync_every: int = 1
+    """'openai' backend: save and reload the policy every this many optimizer steps."""
+    reload_path: str = "/reset"
+    """'openai' backend: POSTed on the server root after saving ('' = something else reloads)."""
 
     def check(self) -> None:
+        _require(self.backend != "openai" or bool(self.endpoint), "endpoint", "is required when backend is 'openai'")
+        _require(self.sync_every >= 1, "sync_every", "must be >= 1")
+        _require(self.max_concurrency >= 1, "max_concurrency", "must be >= 1")
         _require(self.group_size >= 1, "group_size", "must be >= 1")
         _require(self.temperature >= 0, "temperature", "must be >= 0")
         _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")

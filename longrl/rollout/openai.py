@@ -2,23 +2,31 @@
 
 ``mode="completions"`` posts token-id prompts to ``/v1/completions`` with ``n`` choices per
 request; ``prompt_format="text"`` sends the decoded prompt instead, for servers that only accept
-strings. ``mode="chat"`` posts to ``/v1/chat/completions`` with the decoded prompt as one user
-message and ``add_generation_prompt`` left to the server: use it only with prompts that were NOT
-already chat-templated (:meth:`OpenAIGenerator.generate_chat` takes messages directly).
+strings (``transformers serve``). ``split_n=True`` sends ``n`` one-choice requests per prompt, for
+servers that ignore ``n`` (``transformers serve``). ``mode="chat"`` posts to
+``/v1/chat/completions`` with the decoded prompt as one user message and ``add_generation_prompt``
+left to the server: use it only with prompts that were NOT already chat-templated
+(:meth:`OpenAIGenerator.generate_chat` takes messages directly).
 
 Completion token ids come from the response when the server returns them (vLLM:
-``return_token_ids``); otherwise the text is re-tokenised, which may differ from the sampled ids.
-Prompts run concurrently (``max_concurrency`` requests in flight); each request has a timeout and
-is retried with exponential back-off on transport errors, timeouts, 429 and 5xx answers.
-The server holds its own weights: reload them between RL steps (see ``Generator``).
+``return_token_ids``); otherwise the text is re-tokenised, which may differ from the sampled ids,
+the tokenizer's EOS id is appended when the server says it stopped, and the ids are cut to
+``max_new_tokens``. Prompts run concurrently (``max_concurrency`` requests in flight); each request
+has a timeout and is retried with exponential back-off on transport errors, timeouts, 408, 409, 429
+and 5xx answers; other answers, and answers that are not the expected JSON, fail at once.
+
+The server holds its own weights. :meth:`OpenAIGenerator.update_weights` (called by the RL loop
+after each optimizer step) saves the policy to ``sync_dir`` every ``sync_every`` steps and POSTs
+``reload_path`` so the server re-reads it; see docs/rollouts.md.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -40,19 +48,35 @@ class OpenAIGeneratorConfig:
     base_url: str
     """Server root ending in /v1, e.g. http://127.0.0.1:8000/v1."""
     model: str
-    """Model name the server expects."""
+    """Model name the server expects (``transformers serve``: the model directory path)."""
     api_key: str = "EMPTY"
     mode: str = "completions"
     """'completions' (token-id or text prompts) or 'chat'."""
     prompt_format: str = "ids"
-    """completions mode: 'ids' (token ids) or 'text' (decoded prompt)."""
+    """completions mode: 'ids' (token ids) or 'text' (decoded prompt; ``transformers serve``)."""
+    split_n: bool = False
+    """Send n one-choice requests per prompt instead of one request with ``n`` (servers that ignore
+    ``n``, such as ``transformers serve``)."""
     max_concurrency: int = 8
     timeout_s: float = 600.0
+    """Per-request timeout (connect, read, write)."""
     max_retries: int = 3
     backoff_s: float = 1.0
     """First retry delay; doubles on each retry."""
+    max_backoff_s: float = 30.0
+    """Cap on one retry delay."""
     extra_body: dict = field(default_factory=dict)
-    """Merged into every request body (e.g. {"return_token_ids": True} for vLLM)."""
+    """Merged into every request body (vLLM: {"return_token_ids": True}; ``transformers serve``:
+    {"generation_config": '{"do_sample": true}'}, without which it decodes greedily)."""
+    sync_dir: str = ""
+    """Weight sync: directory the policy is saved to by :meth:`OpenAIGenerator.update_weights`
+    ('' = never sync; the server keeps its initial weights)."""
+    sync_every: int = 1
+    """Save and reload every this many optimizer steps."""
+    reload_path: str = "/reset"
+    """POSTed (relative to the server root, i.e. base_url without /v1) after saving, so the server
+    re-reads ``sync_dir``; ``/reset`` makes ``transformers serve`` reload on the next request.
+    '' = do not POST (something else reloads)."""
 
 
 class OpenAIGenerator:
@@ -63,6 +87,8 @@ class OpenAIGenerator:
             raise ValueError(f"mode must be 'completions' or 'chat', got {cfg.mode!r}")
         if cfg.prompt_format not in ("ids", "text"):
             raise ValueError(f"prompt_format must be 'ids' or 'text', got {cfg.prompt_format!r}")
+        if cfg.sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {cfg.sync_every}")
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.client = client or httpx.Client(
@@ -70,6 +96,20 @@ class OpenAIGenerator:
             headers={"Authorization": f"Bearer {cfg.api_key}"},
             limits=httpx.Limits(max_connections=cfg.max_concurrency),
         )
+        self._warned_no_sync = False
+        self._seed: int | None = None
+
+    def reseed(self, seed: int | None) -> None:
+        """Send ``seed + k`` as the ``seed`` of the k-th request of each later call (None: unseeded).
+
+        Reproducible only where the server honours per-request seeds (vLLM); ``transformers serve``
+        seeds its global RNG per request, so it repeats only with ``max_concurrency=1``.
+        """
+        self._seed = seed
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.client.close()
 
     def generate(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0) -> list[list[Completion]]:
@@ -77,62 +117,126 @@ class OpenAIGenerator:
         if self.cfg.mode == "chat":
             messages = [[{"role": "user", "content": self.tokenizer.decode(p)}] for p in prompt_ids]
             return self.generate_chat(messages, n, max_new_tokens, temperature, top_p)
-        bodies = [self._completions_body(p, n, max_new_tokens, temperature, top_p) for p in prompt_ids]
-        return self._run_all("/completions", bodies, n)
+        prompts = [self.tokenizer.decode(p) if self.cfg.prompt_format == "text" else list(p) for p in prompt_ids]
+        return self._run_all("/completions", [{"prompt": p} for p in prompts], n, max_new_tokens, temperature, top_p)
 
     def generate_chat(self, messages: list[list[dict]], n: int, max_new_tokens: int, temperature: float = 1.0,
                       top_p: float = 1.0) -> list[list[Completion]]:
         """Like :meth:`generate`, for chat message lists (the server applies the chat template)."""
-        bodies = [{"model": self.cfg.model, "messages": m, "n": n, "max_tokens": max_new_tokens,
-                   "temperature": temperature, "top_p": top_p, **self.cfg.extra_body} for m in messages]
-        return self._run_all("/chat/completions", bodies, n)
+        return self._run_all("/chat/completions", [{"messages": m} for m in messages], n, max_new_tokens,
+                             temperature, top_p)
 
-    def _completions_body(self, prompt: list[int], n, max_new_tokens, temperature, top_p) -> dict:
-        text = self.cfg.prompt_format == "text"
-        return {"model": self.cfg.model, "prompt": self.tokenizer.decode(prompt) if text else list(prompt),
-                "n": n, "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                **self.cfg.extra_body}
+    def update_weights(self, model, step: int) -> None:
+        """Every ``sync_every`` steps: save ``model`` (+ tokenizer) to ``sync_dir``, then POST ``reload_path``.
 
-    def _run_all(self, path: str, bodies: list[dict], n: int) -> list[list[Completion]]:
-        """All requests with at most ``max_concurrency`` in flight, answers in input order."""
+        Called by the RL loop after optimizer step ``step`` (1-based). Without ``sync_dir`` the server
+        keeps its initial weights; a warning says so once.
+        """
+        if not self.cfg.sync_dir:
+            if not self._warned_no_sync:
+                logger.warning("OpenAIGenerator: no sync_dir, the server keeps its initial weights; "
+                               "rollouts drift off-policy as training proceeds")
+                self._warned_no_sync = True
+            return
+        if step % self.cfg.sync_every:
+            return
+        path = Path(self.cfg.sync_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        getattr(model, "module", model).save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        if self.cfg.reload_path:
+            root = self.cfg.base_url.rstrip("/").removesuffix("/v1")
+            self._post_with_retries(root + self.cfg.reload_path, {})
+        logger.info("step %d: policy saved to %s and server reloaded", step, path)
+
+    def _body(self, request: dict, n: int, max_new_tokens, temperature, top_p) -> dict:
+        return {"model": self.cfg.model, **request, "n": n, "max_tokens": max_new_tokens,
+                "temperature": temperature, "top_p": top_p, **self.cfg.extra_body}
+
+    def _run_all(self, path: str, requests: list[dict], n: int, max_new_tokens: int, temperature: float,
+                 top_p: float) -> list[list[Completion]]:
+        """All requests with at most ``max_concurrency`` in flight, answers in input order.
+
+        The first failure cancels the requests not yet started and is raised.
+        """
+        per_request = 1 if self.cfg.split_n else n
+        copies = n if self.cfg.split_n else 1
+        bodies = [self._body(r, per_request, max_new_tokens, temperature, top_p) for r in requests for _ in range(copies)]
+        if self._seed is not None:
+            for k, body in enumerate(bodies):
+                body["seed"] = (self._seed + k) % 2**31
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.max_concurrency)) as pool:
-            answers = list(pool.map(lambda body: self._post_with_retries(path, body), bodies))
-        return [self._parse(answer, n) for answer in answers]
+            futures = [pool.submit(self._post_with_retries, path, body) for body in bodies]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in pending:
+                fut.cancel()
+            failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception()), None)
+            if failed is not None:
+                raise failed.exception()
+        parsed = [self._parse(path, fut.result(), per_request, max_new_tokens) for fut in futures]
+        return [[c for answer in parsed[i * copies:(i + 1) * copies] for c in answer] for i in range(len(requests))]
 
     def _post_with_retries(self, path: str, body: dict) -> dict:
-        """POST ``body``; retry transient failures; raise :class:`GenerationError` when out of retries."""
+        """POST ``body``; retry transient failures; raise :class:`GenerationError` when out of retries
+        or when the answer is not a JSON object."""
         delay = self.cfg.backoff_s
+        url = self._url(path)
         for attempt in range(self.cfg.max_retries + 1):
             try:
                 resp = self.client.post(path, json=body)
-                if resp.status_code not in RETRY_STATUS:
-                    resp.raise_for_status()
-                    return resp.json()
-                problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
+            except httpx.TransportError as exc:  # connect errors and timeouts
                 problem = f"{type(exc).__name__}: {exc}"
-            except httpx.HTTPStatusError as exc:
-                raise GenerationError(f"{path}: HTTP {exc.response.status_code}: {exc.response.text[:500]}") from exc
+            else:
+                if resp.status_code not in RETRY_STATUS:
+                    return self._json(url, resp)
+                problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
             if attempt < self.cfg.max_retries:
-                logger.warning("%s failed (%s); retry %d/%d in %.1fs", path, problem, attempt + 1,
+                logger.warning("%s failed (%s); retry %d/%d in %.1fs", url, problem, attempt + 1,
                                self.cfg.max_retries, delay)
                 time.sleep(delay)
-                delay *= 2
-        raise GenerationError(f"{path}: failed after {self.cfg.max_retries + 1} attempts: {problem}")
+                delay = min(2 * delay, self.cfg.max_backoff_s)
+        raise GenerationError(f"{url}: failed after {self.cfg.max_retries + 1} attempts: {problem}")
 
-    def _parse(self, answer: dict, n: int) -> list[Completion]:
+    def _url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.cfg.base_url.rstrip("/") + path
+
+    @staticmethod
+    def _json(url: str, resp: httpx.Response) -> dict:
+        """The answer's JSON object; :class:`GenerationError` for an error status or a malformed body."""
+        if resp.is_error:
+            raise GenerationError(f"{url}: HTTP {resp.status_code}: {resp.text[:500]}")
+        try:
+            answer = resp.json()
+        except ValueError as exc:
+            raise GenerationError(f"{url}: answer is not JSON ({exc}): {resp.text[:200]!r}") from exc
+        if not isinstance(answer, dict):
+            raise GenerationError(f"{url}: answer is not a JSON object: {resp.text[:200]!r}")
+        return answer
+
+    def _parse(self, path: str, answer: dict, n: int, max_new_tokens: int) -> list[Completion]:
         """Completions of one answer, ordered by choice index."""
-        choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
+        choices = answer.get("choices")
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise GenerationError(f"{self._url(path)}: answer has no list of choices: {str(answer)[:200]}")
         if len(choices) != n:
-            raise GenerationError(f"expected {n} choices, got {len(choices)}")
-        return [self._completion(c) for c in choices]
+            hint = " (the server ignores n? set split_n=True)" if len(choices) < n else ""
+            raise GenerationError(f"{self._url(path)}: expected {n} choices, got {len(choices)}{hint}")
+        choices = sorted(choices, key=lambda c: c.get("index", 0))
+        return [self._completion(c, max_new_tokens) for c in choices]
 
-    def _completion(self, choice: dict) -> Completion:
+    def _completion(self, choice: dict, max_new_tokens: int) -> Completion:
         text = choice.get("text")
         if text is None:
             text = (choice.get("message") or {}).get("content") or ""
-        ids = choice.get("token_ids")
-        if ids is None:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         reason = "length" if choice.get("finish_reason") == "length" else "stop"
-        return Completion(token_ids=list(ids), text=text, finish_reason=reason)
+        ids = choice.get("token_ids")
+        if ids is not None:
+            return Completion(token_ids=list(ids), text=text, finish_reason=reason)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        tail = [eos] if reason == "stop" and eos is not None else []
+        budget = max_new_tokens - len(tail)
+        if len(ids) > budget:
+            ids = ids[:budget]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Completion(token_ids=ids + tail, text=text, finish_reason=reason)

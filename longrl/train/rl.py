@@ -192,6 +192,8 @@ def _generate_group(run: RLRun, prompt_ids: list[int], seed: int) -> list:
         torch.manual_seed(seed)
         if isinstance(getattr(run.generator, "rng", None), torch.Generator):
             run.generator.rng.manual_seed(seed)
+        elif hasattr(run.generator, "reseed"):
+            run.generator.reseed(seed)
         return run.generator.generate([prompt_ids], n=run.s.group_size, max_new_tokens=run.s.max_new_tokens,
                                       temperature=run.s.temperature, top_p=run.s.top_p)[0]
 
@@ -579,6 +581,23 @@ def _resume(run: RLRun, ckpt_root: Path, extra_state: dict[str, Any]) -> int:
     return int(trainer["step"])
 
 
+def build_generator(cfg, model, tokenizer):
+    """The rollout backend ``cfg.rollout.backend`` names: in-process HF, or an OpenAI-compatible server
+    that reloads the policy from ``sync_dir`` every ``sync_every`` steps (see docs/rollouts.md)."""
+    r = cfg.rollout
+    if r.backend == "hf":
+        from longrl.rollout.hf import HFGenerator
+
+        return HFGenerator(model, tokenizer, shared_prefill=r.shared_prefill)
+    from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
+
+    return OpenAIGenerator(OpenAIGeneratorConfig(
+        base_url=r.endpoint, model=r.model or cfg.model.path, prompt_format=r.prompt_format, split_n=r.split_n,
+        extra_body=dict(r.extra_body), max_concurrency=r.max_concurrency, timeout_s=r.timeout_s,
+        max_retries=r.max_retries, sync_dir=r.sync_dir or str(Path(cfg.output_dir) / "rollout_policy"),
+        sync_every=r.sync_every, reload_path=r.reload_path), tokenizer)
+
+
 def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generator, ref_model,
                on_accuracies, accelerator) -> RLRun:
     from longrl.train.optim import build_optimizer, build_scheduler
@@ -586,9 +605,7 @@ def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generat
     if s.algo.kl_coef > 0 and ref_model is None:
         ref_model = _frozen_copy(accelerator.unwrap_model(model))
     if generator is None:
-        from longrl.rollout.hf import HFGenerator
-
-        generator = HFGenerator(model, tokenizer, shared_prefill=cfg.rollout.shared_prefill)
+        generator = build_generator(cfg, model, tokenizer)
     o = s.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, tuple(o.betas))
     scheduler = build_scheduler(optimizer, o.warmup_steps, s.steps, o.schedule)
