@@ -598,6 +598,8 @@ class PipelineConfig:
     """Evaluate the held-out sets after every stage, the initial model included (``eval.*`` sampling)."""
     eval_batch_size: int = 32
     """Prompts per batched generation in held-out evaluation."""
+    eval_batch_tokens: int = 8192
+    """Max padded prompt tokens per held-out generation batch (long prompts go in smaller batches)."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
@@ -606,6 +608,7 @@ class PipelineConfig:
 
     def check(self) -> None:
         _require(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        _require(self.eval_batch_tokens >= 1, "eval_batch_tokens", "must be >= 1")
         _require(self.threads >= 0, "threads", "must be >= 0")
 
 
