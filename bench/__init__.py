@@ -2,6 +2,11 @@
 
 Shared helpers: a small Qwen2 model with a chosen vocabulary, peak-memory and timing probes, and
 the machine description recorded with every figure.
+
+The default model body (:data:`BODY`) is a real small model scaled to a CPU: hidden 512, 8 layers,
+8 query heads / 2 KV heads (head dim 64), MLP 1536, with the full Qwen vocabulary (151,936) and an
+untied head: about 25M body parameters next to 2 x 78M embedding/head parameters, so the transformer
+body, not only the output head, shows in the figures.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import time
 import torch
 
 QWEN_VOCAB = 151_936
+BODY = {"hidden": 512, "layers": 8, "heads": 8, "kv_heads": 2, "intermediate": 1536}
+"""Benchmark model body (Qwen2.5-0.5B's proportions scaled down to run on a few CPU cores)."""
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 """glibc settings that hand freed large buffers back to the OS, so RSS peaks are comparable."""
 
@@ -33,8 +40,31 @@ def ensure_malloc_env(module: str) -> None:
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=1, help="timed repeats after one warm-up (median)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed repeats after the warm-up (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--vocab and the body sizes, defaulting to :data:`BODY` with the Qwen vocabulary."""
+    parser.add_argument("--vocab", type=int, default=QWEN_VOCAB)
+    for name, value in BODY.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
+
+
+def model_from_args(args):
+    """The benchmark model named by :func:`add_model_args` options, on ``args.device`` in ``args.dtype``."""
+    return tiny_qwen(args.vocab, args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate,
+                     device=args.device, dtype=getattr(torch, args.dtype))
+
+
+def describe_model(args) -> str:
+    return (f"vocab {args.vocab}, hidden {args.hidden}, layers {args.layers}, heads {args.heads}/{args.kv_heads} kv,"
+            f" intermediate {args.intermediate}, {args.dtype}")
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def setup(args) -> None:
@@ -53,8 +83,9 @@ def machine(device: str) -> str:
     return f"{hw}; torch {torch.__version__}; python {platform.python_version()}"
 
 
-def tiny_qwen(vocab: int = QWEN_VOCAB, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-              intermediate: int = 0, max_positions: int = 65_536, device="cpu", dtype=torch.float32, seed=0):
+def tiny_qwen(vocab: int = QWEN_VOCAB, hidden: int = BODY["hidden"], layers: int = BODY["layers"],
+              heads: int = BODY["heads"], kv_heads: int = BODY["kv_heads"], intermediate: int = BODY["intermediate"],
+              max_positions: int = 65_536, device="cpu", dtype=torch.float32, seed=0):
     """A randomly initialised Qwen2ForCausalLM (no downloads), untied head, no EOS in its config."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

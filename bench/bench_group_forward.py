@@ -1,5 +1,9 @@
 """RL loss + backward for one group: shared-prompt forward vs the naive per-sequence batch.
 
+Both sides run the same model, the same policy-gradient surrogate and the same chunked log-prob
+kernel over the G*C completion positions only; the naive side is what TRL and verl compute (the G
+sequences ``prompt + c_g`` as one right-padded batch), so only the prompt sharing differs.
+
 Small defaults; the issue's sizes: ``--prompt-lens 4096,8192 --completion 256 --G 8``.
 """
 
@@ -11,32 +15,36 @@ import functools
 import torch
 
 from bench import (
-    QWEN_VOCAB,
     add_common_args,
+    add_model_args,
+    describe_model,
     ensure_malloc_env,
     gib,
     ints,
+    load_average,
     machine,
     measure,
+    model_from_args,
     setup,
-    tiny_qwen,
 )
 from longrl.train.group_forward import group_logprobs
 
 
-def _loss_step(model, prompt, completions, adv_G, shared: bool, chunk: int) -> float:
-    """Policy-gradient surrogate (token-mean) over the group, backward, grads cleared; the loss."""
-    logps_GC, entropy_GC, mask_GC = group_logprobs(model, prompt, completions, chunk=chunk, shared=shared)
+def _loss_step(model, prompt, completions, adv_G, shared: bool, chunk: int, out: dict) -> None:
+    """Policy-gradient surrogate (token-mean) over the group, backward, grads cleared; keeps the log-probs."""
+    logps_GC, _, mask_GC = group_logprobs(model, prompt, completions, chunk=chunk, shared=shared)
     ratio_GC = torch.exp(logps_GC - logps_GC.detach())
     loss = -(ratio_GC * adv_G[:, None] * mask_GC).sum() / mask_GC.sum()
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return loss.item()
+    out["logps"], out["mask"] = logps_GC.detach(), mask_GC
 
 
 def run(args) -> list[dict]:
-    dtype = getattr(torch, args.dtype)
-    model = tiny_qwen(args.vocab, args.hidden, args.layers, device=args.device, dtype=dtype)
+    model = model_from_args(args)
+    if args.checkpointing:
+        model.activation_checkpointing_enable()
+    model.train()
     rng = torch.Generator().manual_seed(0)
     rows = []
     for p in ints(args.prompt_lens):
@@ -44,16 +52,16 @@ def run(args) -> list[dict]:
         comps = [torch.randint(0, args.vocab, (args.completion - (i % 3),), generator=rng).tolist()
                  for i in range(args.G)]
         adv_G = torch.randn(args.G, generator=rng).to(args.device)
-        res = {}
-        for name, shared in (("naive", False), ("shared", True)):
-            step = functools.partial(_loss_step, model, prompt, comps, adv_G, shared, args.chunk)
-            res[name] = measure(step, args.device, args.repeats)
-        with torch.no_grad():
-            a, _, m = group_logprobs(model, prompt, comps, shared=True, with_entropy=False)
-            b, _, _ = group_logprobs(model, prompt, comps, shared=False, with_entropy=False)
+        res, outs = {}, {}
+        for name, shared in (("shared", True), ("naive", False)):
+            outs[name] = {}
+            step = functools.partial(_loss_step, model, prompt, comps, adv_G, shared, args.chunk, outs[name])
+            res[name] = measure(step, args.device, args.repeats, args.warmup)
+            print(f"    {name}: {res[name][0]:.2f}s peak +{gib(res[name][1])} ({load_average()})", flush=True)
+        mask = outs["shared"]["mask"]
         row = {"prompt": p, "naive_s": res["naive"][0], "shared_s": res["shared"][0],
                "naive_peak": res["naive"][1], "shared_peak": res["shared"][1],
-               "max_abs_dlogp": (a - b)[m].abs().max().item()}
+               "max_abs_dlogp": (outs["shared"]["logps"] - outs["naive"]["logps"])[mask].abs().max().item()}
         rows.append(row)
         print(f"  P={p:>6} C={args.completion} G={args.G}: naive {row['naive_s']:.2f}s {gib(row['naive_peak'])}"
               f" | shared {row['shared_s']:.2f}s {gib(row['shared_peak'])}"
@@ -65,13 +73,12 @@ def run(args) -> list[dict]:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prompt-lens", default="512,1024")
+    ap.add_argument("--prompt-lens", default="1024")
     ap.add_argument("--completion", type=int, default=64)
     ap.add_argument("--G", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=QWEN_VOCAB)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
+    add_model_args(ap)
     add_common_args(ap)
     return ap
 
@@ -79,8 +86,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
     setup(args)
-    print(f"[group_forward] {machine(args.device)}; vocab {args.vocab}, hidden {args.hidden}, "
-          f"layers {args.layers}, {args.dtype}")
+    print(f"[group_forward] {machine(args.device)}; {describe_model(args)}"
+          f"{', gradient checkpointing' if args.checkpointing else ''}; {load_average()}", flush=True)
     run(args)
 
 

@@ -12,12 +12,23 @@ Small defaults; the issue's sizes: ``--prompt-lens 64,4096``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
 import torch
 
-from bench import add_common_args, ensure_malloc_env, ints, machine, setup, tiny_qwen
+from bench import (
+    add_common_args,
+    add_model_args,
+    describe_model,
+    ensure_malloc_env,
+    ints,
+    load_average,
+    machine,
+    model_from_args,
+    setup,
+)
 from longrl.rollout.hf import HFGenerator
 from longrl.train.group_forward import group_logprobs
 
@@ -34,12 +45,12 @@ def _prompt_text(tokenizer, n_tokens: int, seed: int = 0) -> str:
 
 
 def longrl_step_times(model, tokenizer, prompt_text: str, args) -> list[float]:
-    """Seconds per step for ``1 + repeats`` steps of the longrl RL step."""
+    """Seconds per step for ``warmup + repeats`` steps of the longrl RL step."""
     gen = HFGenerator(model, tokenizer, shared_prefill=True, seed=0)
     prompt = tokenizer(prompt_text)["input_ids"]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     times = []
-    for _ in range(1 + args.repeats):
+    for _ in range(args.warmup + args.repeats):
         t0 = time.perf_counter()
         comps = gen.generate([prompt], n=args.G, max_new_tokens=args.completion, temperature=1.0)[0]
         rewards_G = torch.tensor(reward_len([c.text for c in comps]), device=args.device)
@@ -56,7 +67,7 @@ def longrl_step_times(model, tokenizer, prompt_text: str, args) -> list[float]:
 
 
 def trl_step_times(model, tokenizer, prompt_text: str, args) -> list[float]:
-    """Seconds per step for ``1 + repeats`` GRPOTrainer steps (timed by a callback)."""
+    """Seconds per step for ``warmup + repeats`` GRPOTrainer steps (timed by a callback)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -75,11 +86,12 @@ def trl_step_times(model, tokenizer, prompt_text: str, args) -> list[float]:
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(
             output_dir=out, per_device_train_batch_size=args.G, num_generations=args.G,
-            max_completion_length=args.completion, max_steps=1 + args.repeats, learning_rate=1e-6, beta=0.0,
+            max_completion_length=args.completion, max_steps=args.warmup + args.repeats, learning_rate=1e-6, beta=0.0,
             temperature=1.0, top_p=1.0, top_k=0, report_to="none", save_strategy="no", logging_steps=1,
             use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", disable_dropout=True, seed=0,
+            gradient_checkpointing=args.checkpointing,
         )
-        ds = Dataset.from_list([{"prompt": prompt_text}] * (args.G * (2 + args.repeats)))
+        ds = Dataset.from_list([{"prompt": prompt_text}] * (args.G * (1 + args.warmup + args.repeats)))
         trainer = GRPOTrainer(model=model, reward_funcs=reward_len, args=cfg, train_dataset=ds,
                               processing_class=tokenizer, callbacks=[timer])
         trainer.train()
@@ -90,29 +102,30 @@ def run(args) -> list[dict]:
     from longrl.data.tokens import load_tokenizer
 
     tokenizer = load_tokenizer()
-    dtype = getattr(torch, args.dtype)
     rows = []
     for p in ints(args.prompt_lens):
         text = _prompt_text(tokenizer, p)
         n_prompt = len(tokenizer(text)["input_ids"])
-        ours = longrl_step_times(tiny_qwen(hidden=args.hidden, layers=args.layers, device=args.device,
-                                           dtype=dtype), tokenizer, text, args)
-        theirs = trl_step_times(tiny_qwen(hidden=args.hidden, layers=args.layers, device=args.device,
-                                          dtype=dtype), tokenizer, text, args)
-        ours_s, theirs_s = min(ours[1:]), min(theirs[1:])
+        model = model_from_args(args)
+        if args.checkpointing:
+            model.activation_checkpointing_enable()
+        ours = longrl_step_times(model.train(), tokenizer, text, args)
+        theirs = trl_step_times(model_from_args(args), tokenizer, text, args)
+        ours_s, theirs_s = statistics.median(ours[args.warmup:]), statistics.median(theirs[args.warmup:])
         rows.append({"prompt": n_prompt, "longrl_s": ours_s, "trl_s": theirs_s})
         print(f"  prompt {n_prompt} tokens, C={args.completion}, G={args.G}: TRL GRPOTrainer {theirs_s:.2f}s/step"
-              f" | longrl {ours_s:.2f}s/step | speed-up {theirs_s / ours_s:.2f}x", flush=True)
+              f" | longrl {ours_s:.2f}s/step | speed-up {theirs_s / ours_s:.2f}x ({load_average()})", flush=True)
     return rows
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prompt-lens", default="64,512")
-    ap.add_argument("--completion", type=int, default=32)
+    ap.add_argument("--prompt-lens", default="64")
+    ap.add_argument("--completion", type=int, default=16)
     ap.add_argument("--G", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="gradient checkpointing on both sides (TRL's own default is on; off here unless given)")
+    add_model_args(ap)
     add_common_args(ap)
     return ap
 
@@ -120,8 +133,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
     setup(args)
-    print(f"[trl_step] {machine(args.device)}; vocab 151936 (Qwen tokenizer), hidden {args.hidden}, "
-          f"layers {args.layers}, {args.dtype}")
+    print(f"[trl_step] {machine(args.device)}; Qwen tokenizer; {describe_model(args)}"
+          f"{', gradient checkpointing' if args.checkpointing else ''}; {load_average()}",
+          flush=True)
     run(args)
 
 

@@ -1,7 +1,11 @@
 """Hugging Face backend: sample G completions per prompt from an in-process model.
 
-With ``shared_prefill=True`` (the default) the prompt is run ONCE per group; its KV cache is
-repeated along the batch to G rows and the G continuations are sampled token by token from it. The
+With ``shared_prefill=True`` (the default) the prompt is run ONCE per group and the G continuations
+are sampled token by token from its KV cache. On the architectures the shared-prompt group forward
+supports, the prompt's keys/values stay a single [1, Hkv, P, D] copy: each decode step's G queries
+are scored against it in one matmul per KV head and against their own generated keys (kept in a
+preallocated [G, Hkv, T, D] buffer, no per-step concatenation), with one softmax over both
+(:class:`GroupDecodeCache`). Other models repeat a ``DynamicCache`` to G rows. The
 alternative, ``model.generate(num_return_sequences=G)``, prefills G copies of the prompt, which for
 a long document is G times the dominant cost. ``shared_prefill=False`` runs exactly that (the
 baseline of ``bench/bench_rollout.py``).
@@ -15,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from longrl.rollout.base import Completion
+from longrl.train.group_forward import install_shared_attention, shared_prefix_unsupported_reason
 
 
 def sample_next(logits_NV: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
@@ -50,6 +55,51 @@ def _inference(model):
         model.train(was_training)
 
 
+class GroupDecodeCache:
+    """KV cache for G continuations of one prompt: the prompt's keys/values once, each row's own after.
+
+    Passed to the decoder both as ``past_key_values`` (``update`` stores the new token's keys/values)
+    and as ``longrl_decode`` (the registered attention dispatcher calls :meth:`attention`). Call
+    :meth:`advance` after each decode step.
+    """
+
+    def __init__(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], n: int, max_new_tokens: int):
+        self.prompt_kv = prompt_kv  # per layer ([1, Hkv, P, D], [1, Hkv, P, D])
+        self.t = 0
+        self.own_kv = [(k.new_empty(n, k.shape[1], max_new_tokens, k.shape[3]),
+                        v.new_empty(n, v.shape[1], max_new_tokens, v.shape[3])) for k, v in prompt_kv]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.prompt_kv[layer_idx][0].shape[2] + self.t
+
+    def update(self, key_N1: torch.Tensor, value_N1: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Store one new token per row ([N, Hkv, 1, D]); return the rows' own keys/values so far."""
+        k_own, v_own = self.own_kv[layer_idx]
+        k_own[:, :, self.t] = key_N1[:, :, 0]
+        v_own[:, :, self.t] = value_N1[:, :, 0]
+        return k_own[:, :, :self.t + 1], v_own[:, :, :self.t + 1]
+
+    def advance(self) -> None:
+        self.t += 1
+
+    def attention(self, module, query_NH1D, key_NHtD, value_NHtD, scaling):
+        """Softmax over (shared prompt keys, own keys) for one query per row; ([N, 1, Hq, D], None)."""
+        k_p, v_p = self.prompt_kv[module.layer_idx]
+        n, hq, _, d = query_NH1D.shape
+        hkv = k_p.shape[1]
+        r = hq // hkv  # query heads per KV head; head h = kv * r + j as in repeat_kv
+        scale = scaling if scaling is not None else d ** -0.5
+        q_NKrD = query_NH1D.view(n, hkv, r, d) * scale
+        s_prompt_NKrP = (q_NKrD.transpose(0, 1).reshape(hkv, n * r, d) @ k_p[0].transpose(1, 2)).view(
+            hkv, n, r, -1).transpose(0, 1)
+        s_own_NKrt = q_NKrD @ key_NHtD.transpose(2, 3)
+        p = k_p.shape[2]
+        probs = torch.softmax(torch.cat([s_prompt_NKrP, s_own_NKrt], dim=-1).float(), dim=-1).to(query_NH1D.dtype)
+        a_prompt_KNrP = probs[..., :p].transpose(0, 1).reshape(hkv, n * r, p)
+        out_NKrD = (a_prompt_KNrP @ v_p[0]).view(hkv, n, r, d).transpose(0, 1) + probs[..., p:] @ value_NHtD
+        return out_NKrD.reshape(n, 1, hq, d), None
+
+
 class HFGenerator:
     """:class:`~longrl.rollout.base.Generator` over a transformers causal LM (optionally peft-wrapped).
 
@@ -76,12 +126,12 @@ class HFGenerator:
 
     def _shared_group(self, prompt: list[int], n: int, max_new_tokens: int, temperature: float,
                       top_p: float) -> list[Completion]:
-        """Prefill once, repeat the cache to ``n`` rows, sample until every row stopped or the budget ends."""
+        """Prefill once, then sample ``n`` rows until every row stopped or the budget ends."""
         p = len(prompt)
         cache = DynamicCache(config=self.model.config)
         out = self.model(input_ids=torch.tensor([prompt], device=self.device), past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(n)
+        step = self._decode_step(cache, n, max_new_tokens)
         logits_NV = out.logits[:, -1].expand(n, -1)
         stop_S = torch.tensor(self.stop_ids, device=self.device, dtype=torch.long)
         finished_N = torch.zeros(n, dtype=torch.bool, device=self.device)
@@ -93,11 +143,31 @@ class HFGenerator:
             finished_N |= torch.isin(tok_N, stop_S)
             if bool(finished_N.all()) or t == max_new_tokens - 1:
                 break
-            pos_N1 = torch.full((n, 1), p + t, device=self.device, dtype=torch.long)
-            logits_NV = self.model(input_ids=tok_N.unsqueeze(1), past_key_values=cache, position_ids=pos_N1,
-                                   use_cache=True).logits[:, -1]
+            logits_NV = step(tok_N, torch.full((n, 1), p + t, device=self.device, dtype=torch.long))
         tokens_NT = torch.stack(steps, dim=1) if steps else torch.zeros(n, 0, dtype=torch.long)
         return [self._completion(row) for row in tokens_NT.tolist()]
+
+    def _decode_step(self, prompt_cache: DynamicCache, n: int, max_new_tokens: int):
+        """A function (tokens [N], positions [N, 1]) -> next logits [N, V] continuing ``prompt_cache``."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if shared_prefix_unsupported_reason(self.model) is not None:
+            prompt_cache.batch_repeat_interleave(n)
+
+            def repeated(tok_N, pos_N1):
+                return self.model(input_ids=tok_N.unsqueeze(1), past_key_values=prompt_cache, position_ids=pos_N1,
+                                  use_cache=True).logits[:, -1]
+            return repeated
+        install_shared_attention(base.config)
+        cache = GroupDecodeCache([(layer.keys, layer.values) for layer in prompt_cache.layers], n, max_new_tokens)
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+
+        def shared(tok_N, pos_N1):
+            hidden_N1H = decoder(input_ids=tok_N.unsqueeze(1), position_ids=pos_N1, past_key_values=cache,
+                                 attention_mask={"full_attention": None}, use_cache=True,
+                                 longrl_decode=cache).last_hidden_state
+            cache.advance()
+            return head(hidden_N1H[:, -1])
+        return shared
 
     def _hf_generate_group(self, prompt: list[int], n: int, max_new_tokens: int, temperature: float,
                            top_p: float) -> list[Completion]:

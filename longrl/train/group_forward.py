@@ -2,18 +2,26 @@
 
 Shared path: the prompt and the G (right-padded) completions are packed into ONE sequence
 ``[prompt | c_1 | ... | c_G]`` of length P + G*C, with position ids ``0..P-1`` for the prompt and
-``P..P+C-1`` again for every completion. A registered attention function lets the prompt attend
-causally to itself and completion g attend to the prompt plus its own causal prefix (never to the
-other completions). One forward, one autograd graph: gradients from all G completions flow back
-into the prompt's keys and values exactly as in G separate forwards, while the prompt's
-activations are computed and stored once. No KV cache is used, so it works unchanged under
-gradient checkpointing and with peft LoRA layers.
+``P..P+C-1`` again for every completion. All linear layers (projections, MLP, norms) therefore see
+P + G*C tokens instead of the naive G*(P+C). A registered attention function splits each layer's
+attention in two scaled-dot-product calls:
+
+- prompt queries over prompt keys, causal (the fast ``is_causal`` path): P^2/2 scores;
+- completion queries as a [G, C] batch over ``cat(prompt K/V expanded to G, own K/V)`` with ONE
+  [C, P+C] mask shared by the group (all prompt keys, causal over the own block): G*C*(P+C)
+  scores, never the dense (P+G*C)^2 of a packed mask.
+
+One forward, one autograd graph: gradients from all G completions flow back into the prompt's keys
+and values (through the expand) exactly as in G separate forwards, while the prompt's activations
+are computed and stored once. No KV cache is used, so it works unchanged under gradient
+checkpointing and with peft LoRA layers.
 
 The first completion token is predicted from the LAST prompt position's hidden state, which is
 shared by the whole group; completion token t > 0 from completion position t - 1.
 
 Naive path (``shared=False`` or an unsupported architecture): the G full sequences
-``prompt + c_g`` as one right-padded batch, which is what TRL and verl compute.
+``prompt + c_g`` as one right-padded batch, which is what TRL and verl compute; the head and the
+log-prob kernel run over the completion positions only, exactly as on the shared path.
 """
 
 from __future__ import annotations
@@ -46,60 +54,59 @@ _logged_reasons: set[str] = set()
 
 @dataclass(frozen=True)
 class PackedLayout:
-    """Where the prompt and each completion sit in the packed sequence."""
+    """Where the prompt and the completions sit in the packed sequence."""
 
     prompt_len: int
     num_completions: int
     completion_len: int
-    masks: tuple[torch.Tensor, ...]
-    """Per completion g: [C, P + (g+1)C] bool, True = may attend (shared by all layers)."""
+    mask_CK: torch.Tensor
+    """[C, P + C] bool, True = may attend: completion queries over (prompt keys, own keys); one mask
+    for every completion and every layer."""
 
 
-def _completion_masks(p: int, g: int, c: int, device) -> tuple[torch.Tensor, ...]:
-    """Masks for completion queries over the key prefix that ends with their own block."""
-    causal_CC = torch.ones(c, c, dtype=torch.bool, device=device).tril()
-    masks = []
-    for i in range(g):
-        mask_CK = torch.zeros(c, p + (i + 1) * c, dtype=torch.bool, device=device)
-        mask_CK[:, :p] = True
-        mask_CK[:, p + i * c:] = causal_CC
-        masks.append(mask_CK)
-    return tuple(masks)
+def completion_mask(p: int, c: int, device) -> torch.Tensor:
+    """[C, P + C] bool: every prompt key, then causal over the completion's own block."""
+    mask_CK = torch.ones(c, p + c, dtype=torch.bool, device=device)
+    mask_CK[:, p:] = torch.ones(c, c, dtype=torch.bool, device=device).tril()
+    return mask_CK
 
 
-def _repeat_kv(x_BHLD: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[B, Hkv, L, D] -> [B, Hkv * n_rep, L, D] (grouped-query attention heads)."""
-    if n_rep == 1:
-        return x_BHLD
-    b, h, n, d = x_BHLD.shape
-    return x_BHLD[:, :, None].expand(b, h, n_rep, n, d).reshape(b, h * n_rep, n, d)
+def _completion_blocks(x_1HLD: torch.Tensor, p: int, g: int, c: int) -> torch.Tensor:
+    """The completion part of a packed [1, H, P + G*C, D] tensor as a [G, H, C, D] view."""
+    h, d = x_1HLD.shape[1], x_1HLD.shape[-1]
+    return x_1HLD[0, :, p:].view(h, g, c, d).transpose(0, 1)
 
 
 def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention over a packed ``[prompt | c_1 .. c_G]`` sequence (see the module docstring).
 
-    ``query`` is [1, Hq, L, D], ``key``/``value`` [1, Hkv, L, D]; ``kwargs["longrl_layout"]`` is the
-    :class:`PackedLayout`. Returns ([1, L, Hq, D], None) like the transformers attention functions.
+    ``query`` is [1, Hq, L, D], ``key``/``value`` [1, Hkv, L, D] with L = P + G*C;
+    ``kwargs["longrl_layout"]`` is the :class:`PackedLayout`. Returns ([1, L, Hq, D], None) like the
+    transformers attention functions.
     """
     layout: PackedLayout = kwargs["longrl_layout"]
-    p, c = layout.prompt_len, layout.completion_len
-    n_rep = getattr(module, "num_key_value_groups", 1)
-    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
-    sdpa = nn.functional.scaled_dot_product_attention
-    outs = [sdpa(query[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True, dropout_p=dropout,
-                 scale=scaling)]
-    for i, mask_CK in enumerate(layout.masks):
-        end = p + (i + 1) * c
-        q_i = query[:, :, p + i * c:end]
-        outs.append(sdpa(q_i, key[:, :, :end], value[:, :, :end], attn_mask=mask_CK, dropout_p=dropout,
-                         scale=scaling))
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    p, g, c = layout.prompt_len, layout.num_completions, layout.completion_len
+    gqa = query.shape[1] != key.shape[1]
+    sdpa = functools.partial(nn.functional.scaled_dot_product_attention, dropout_p=dropout, scale=scaling,
+                             enable_gqa=gqa)
+    out_1HPD = sdpa(query[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True)
+    if c == 0:
+        return out_1HPD.transpose(1, 2).contiguous(), None
+    q_GHCD = _completion_blocks(query, p, g, c)
+    k_GHKD = torch.cat([key[:, :, :p].expand(g, -1, -1, -1), _completion_blocks(key, p, g, c)], dim=2)
+    v_GHKD = torch.cat([value[:, :, :p].expand(g, -1, -1, -1), _completion_blocks(value, p, g, c)], dim=2)
+    out_GHCD = sdpa(q_GHCD, k_GHKD, v_GHKD, attn_mask=layout.mask_CK)
+    out_1HLD = torch.cat([out_1HPD, out_GHCD.transpose(0, 1).reshape(1, query.shape[1], g * c, -1)], dim=2)
+    return out_1HLD.transpose(1, 2).contiguous(), None
 
 
 def _dispatch_attention(module, query, key, value, attention_mask, *args, inner: str, **kwargs):
-    """Shared-prefix attention when the call carries a layout, else the model's own implementation."""
+    """Shared-prefix attention when the call carries a layout, the decode cache's attention when it
+    carries one (``longrl_decode``, see ``longrl.rollout.hf``), else the model's own implementation."""
     if "longrl_layout" in kwargs:
         return shared_prefix_attention(module, query, key, value, attention_mask, *args, **kwargs)
+    if "longrl_decode" in kwargs:
+        return kwargs["longrl_decode"].attention(module, query, key, value, kwargs.get("scaling"))
     if inner == "eager":
         fn = sys.modules[type(module).__module__].eager_attention_forward
     else:
@@ -107,7 +114,7 @@ def _dispatch_attention(module, query, key, value, attention_mask, *args, inner:
     return fn(module, query, key, value, attention_mask, *args, **kwargs)
 
 
-def _install_shared_attention(config) -> None:
+def install_shared_attention(config) -> None:
     """Point ``config`` at a dispatcher that adds the shared-prefix path to its attention (idempotent).
 
     The switch is permanent rather than scoped to one call: gradient checkpointing re-runs the
@@ -165,15 +172,15 @@ def _shared_hidden(model, prompt_P: torch.Tensor, ids_GC: torch.Tensor) -> torch
     device = prompt_P.device
     input_1L = torch.cat([prompt_P, ids_GC.reshape(-1)]).unsqueeze(0)
     pos_1L = torch.cat([torch.arange(p, device=device), torch.arange(p, p + c, device=device).repeat(g)])
-    layout = PackedLayout(p, g, c, _completion_masks(p, g, c, device))
-    _install_shared_attention(base.config)
+    layout = PackedLayout(p, g, c, completion_mask(p, c, device))
+    install_shared_attention(base.config)
     hidden_1LH = base.get_decoder()(
         input_ids=input_1L, position_ids=pos_1L.unsqueeze(0), attention_mask={"full_attention": None},
         use_cache=False, longrl_layout=layout,
     ).last_hidden_state
     last_prompt_GH = hidden_1LH[0, p - 1].expand(g, -1)
-    comp_GCH = hidden_1LH[0, p:].view(g, c, -1)
-    return torch.cat([last_prompt_GH.unsqueeze(1), comp_GCH[:, :-1]], dim=1)
+    comp_GCH = hidden_1LH[0, p:].view(g, c, hidden_1LH.shape[-1])
+    return torch.cat([last_prompt_GH.unsqueeze(1), comp_GCH[:, :-1]], dim=1)[:, :c]
 
 
 def _naive_hidden(model, prompt_P: torch.Tensor, ids_GC: torch.Tensor, mask_GC: torch.Tensor) -> torch.Tensor:

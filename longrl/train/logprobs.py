@@ -2,16 +2,17 @@
 
 The logits of a long sequence ([T, V] with V = 151,936 for Qwen) never exist in full: the forward
 pass walks the tokens in chunks, keeps only the per-token results, and the backward pass recomputes
-each chunk's logits from the saved hidden states. Peak extra memory is one chunk of float32 logits
-(plus a row block of temporaries), whatever T is.
+each chunk's logits from the saved hidden states. Peak extra memory, whatever T is, is one chunk of
+float32 logits plus one ``ROW_BLOCK`` x V block of temporaries, on top of the gradients every
+training step holds anyway: the head's (weight-sized, float32) and the hidden states'.
 """
 
 from __future__ import annotations
 
 import torch
 
-ROW_BLOCK = 256
-"""Rows per block for the element-wise temporaries inside a chunk (bounds them to ROW_BLOCK x V)."""
+ROW_BLOCK = 128
+"""Rows per block for the element-wise temporaries inside a chunk (one ROW_BLOCK x V block is alive)."""
 
 
 def _chunk_logits(h_cH: torch.Tensor, weight_VH: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -31,6 +32,7 @@ def _forward_chunk(z_cV: torch.Tensor, targets_c: torch.Tensor, with_entropy: bo
     """(logp_c, entropy_c or None, lse_c) of one chunk; overwrites z_cV with z - max."""
     m_c1 = z_cV.amax(dim=-1, keepdim=True)
     z_cV.sub_(m_c1)
+    picked_c = z_cV.gather(-1, targets_c.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     logsum_c = torch.empty(z_cV.shape[0], device=z_cV.device)
     ent_c = torch.empty_like(logsum_c) if with_entropy else None
     for rows in _row_blocks(z_cV.shape[0]):
@@ -38,9 +40,9 @@ def _forward_chunk(z_cV: torch.Tensor, targets_c: torch.Tensor, with_entropy: bo
         s_r = e_rV.sum(-1)
         logsum_c[rows] = s_r.log()
         if with_entropy:
-            # H = log s - sum(e * zs) / s  with zs = z - max
-            ent_c[rows] = logsum_c[rows] - torch.linalg.vecdot(e_rV, z_cV[rows]) / s_r
-    picked_c = z_cV.gather(-1, targets_c.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            # H = log s - sum(e * zs) / s  with zs = z - max; the product is formed in place in e
+            ent_c[rows] = logsum_c[rows] - e_rV.mul_(z_cV[rows]).sum(-1) / s_r
+        del e_rV  # before the next block's exp, so one block of temporaries is alive at a time
     logp_c = torch.where(targets_c >= 0, picked_c - logsum_c, 0.0)
     return logp_c, ent_c, m_c1.squeeze(-1) + logsum_c
 
@@ -61,6 +63,7 @@ def _grad_logits_chunk(z_cV, lse_c, ent_c, targets_c, g_logp_c, g_ent_c) -> torc
         else:
             logp_rV.zero_()
         logp_rV.add_(g_lp_c[rows].unsqueeze(-1)).mul_(p_rV).neg_()
+        del p_rV
     z_cV.scatter_add_(-1, targets_c.clamp(min=0).unsqueeze(-1), g_lp_c.unsqueeze(-1))
     return z_cV
 

@@ -99,3 +99,49 @@ def test_num_return_sequences_baseline_shapes(model):
     out = gen.generate(PROMPTS, n=3, max_new_tokens=4)
     assert [len(g) for g in out] == [3, 3]
     assert all(len(c.token_ids) <= 4 and c.finish_reason in ("stop", "length") for g in out for c in g)
+
+
+def test_prompt_cache_stays_single_copy(model, monkeypatch):
+    # the shared path keeps the prompt keys/values at batch 1 and gives each row its own buffer
+    from longrl.rollout import hf
+
+    caches = []
+    real = hf.GroupDecodeCache
+
+    class Spy(real):
+        def __init__(self, *a):
+            super().__init__(*a)
+            caches.append(self)
+
+    monkeypatch.setattr(hf, "GroupDecodeCache", Spy)
+    HFGenerator(model, StubTokenizer(eos_token_id=None)).generate(PROMPTS[:1], n=3, max_new_tokens=4)
+    (cache,) = caches
+    assert cache.t == 3 and cache.prompt_kv[0][0].shape[:3] == (1, 2, len(PROMPTS[0]))
+    assert cache.own_kv[0][0].shape[:3] == (3, 2, 4)
+
+
+def test_unsupported_architecture_uses_repeated_cache():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64)).eval()
+    gpt2.generation_config.eos_token_id = None
+    out = HFGenerator(gpt2, StubTokenizer(eos_token_id=None, pad_token_id=0)).generate(
+        PROMPTS[:1], n=2, max_new_tokens=5, temperature=0.0)
+    ref = gpt2.generate(input_ids=torch.tensor(PROMPTS[:1]), do_sample=False, max_new_tokens=5,
+                        pad_token_id=0)[0, len(PROMPTS[0]):].tolist()
+    assert [c.token_ids for c in out[0]] == [ref, ref]
+
+
+def test_peft_lora_model_matches_generate(model):
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights=False))
+    try:
+        out = HFGenerator(lora, StubTokenizer(eos_token_id=None, pad_token_id=0)).generate(
+            PROMPTS[1:], n=2, max_new_tokens=5, temperature=0.0)
+        ref = lora.generate(input_ids=torch.tensor(PROMPTS[1:]), do_sample=False, max_new_tokens=5,
+                            pad_token_id=0)[0, len(PROMPTS[1]):].tolist()
+        assert [c.token_ids for c in out[0]] == [ref, ref]
+    finally:
+        lora.unload()

@@ -43,10 +43,16 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # 3 prompts over 2 processes: uneven shards (2 + 1) and uneven micro-batch counts
+    updates = 0
     for m1, m2 in zip(_metrics(one), _metrics(two), strict=True):
         assert m1["reward/mean"] == m2["reward/mean"]
-        assert m1["loss/active_tokens"] == m2["loss/active_tokens"]
-        assert m1["actor/grad_norm"] == pytest.approx(m2["actor/grad_norm"], rel=1e-4)
+        # a step with no informative group makes no update and logs no loss/* keys, on both sides alike
+        assert ("loss/active_tokens" in m1) == ("loss/active_tokens" in m2)
+        if "loss/active_tokens" in m1:
+            updates += 1
+            assert m1["loss/active_tokens"] == m2["loss/active_tokens"]
+            assert m1["actor/grad_norm"] == pytest.approx(m2["actor/grad_norm"], rel=1e-4)
+    assert updates >= 1, "no step made an update: the comparison would be vacuous"
     a = load_file(str(one / "final" / "model.safetensors"))
     b = load_file(str(two / "final" / "model.safetensors"))
     for k in a:

@@ -125,3 +125,9 @@ def test_unsupported_architecture_falls_back_with_logged_reason(caplog):
     with caplog.at_level(logging.WARNING, logger="longrl.train.group_forward"):
         _check_against_reference(model, prompt, completions)
     assert any("naive path" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_all_empty_completions(shared):
+    logps_GC, ent_GC, mask_GC = group_logprobs(_tiny_qwen(seed=6), [1, 2, 3], [[], []], shared=shared)
+    assert logps_GC.shape == ent_GC.shape == mask_GC.shape == (2, 0)
