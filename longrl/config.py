@@ -402,12 +402,16 @@ class SFTConfig:
     """Steps between held-out loss evaluations (0 disables)."""
     loss_chunk: int = 1024
     """Tokens per chunk in the chunked cross-entropy."""
+    prompt_loss_weight: float = 0.0
+    """Weight of the next-token loss on prompt (document + question) tokens; 0 = completion-only loss.
+    The objective is the weighted token mean over the batch (continued pretraining on the documents)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=10, schedule="cosine"))
 
     def check(self) -> None:
         _require(self.steps >= 0, "steps", "must be >= 0")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(0 <= self.heldout_fraction < 1, "heldout_fraction", "must be in [0, 1)")
+        _require(self.prompt_loss_weight >= 0, "prompt_loss_weight", "must be >= 0")
 
 
 # --------------------------------------------------------------------------------------------------

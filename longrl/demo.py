@@ -44,15 +44,16 @@ pipeline:
   synthetic:
     enabled: true
     families: [lookup, multihop, numeric, mcq]
-    sft: [{target_tokens: 96, n: 4800}]                        # warm-up SFT on short documents
-    train: [{target_tokens: 256, n: 800}, {target_tokens: 1024, n: 400}]
-    heldout: [{target_tokens: 256, n: 112}, {target_tokens: 1024, n: 112}]
+    sft: [{target_tokens: 64, n: 12000}]                        # warm-up SFT on short documents
+    train: [{target_tokens: 128, n: 800}, {target_tokens: 256, n: 400}]
+    heldout: [{target_tokens: 128, n: 128}, {target_tokens: 256, n: 128}]
 sft:
-  steps: 300
+  steps: 1000
   batch_size: 16
   heldout_fraction: 0.0
   eval_every: 0
-  optim: {lr: 3.0e-3, weight_decay: 0.0, warmup_steps: 20, schedule: cosine}
+  prompt_loss_weight: 0.5     # + next-token loss on the documents: a dense signal for a model from scratch
+  optim: {lr: 1.0e-2, weight_decay: 0.0, warmup_steps: 20, schedule: cosine}
 rollout:
   group_size: 8
   temperature: 1.0
@@ -69,12 +70,12 @@ algo:
 rl:
   prompts_per_step: 8
   micro_token_budget: 16384
-  optim: {lr: 1.0e-3, weight_decay: 0.0, warmup_steps: 0, schedule: constant, grad_clip: 1.0}
+  optim: {lr: 3.0e-4, weight_decay: 0.0, warmup_steps: 0, schedule: constant, grad_clip: 1.0}
   dynamic_sampling: {enabled: true, metric: acc, max_rounds: 3, on_cap: proceed}
 curriculum:
   phases:
-    - {name: phase1, max_input_tokens: 400, steps: 20}        # ~256-token documents
-    - {name: phase2, max_input_tokens: 1400, steps: 12}       # ~1024-token documents
+    - {name: phase1, max_input_tokens: 240, steps: 40}        # ~128-token documents
+    - {name: phase2, max_input_tokens: 480, steps: 30}        # ~256-token documents
   retrospective: {enabled: true, hard_threshold: 0.5, fraction: 0.25, cap: 64}
 eval:
   k: 1

@@ -6,6 +6,7 @@ Qwen2 pre-tokenizer pipeline and a ChatML chat template, and a small ``Qwen2ForC
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -130,10 +131,27 @@ def _rope_kwargs(cfg: ModelConfig, location: str, extra: dict) -> dict:
     return {"rope_parameters": params}
 
 
-def load_tokenizer(path: str, extra: dict | None = None):
-    from transformers import AutoTokenizer
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+"""tokenizer_config classes that mean "exactly the saved tokenizer.json" (tokenizers built here)."""
 
-    tok = AutoTokenizer.from_pretrained(path, **(extra or {}))
+
+def _saved_tokenizer_class(path: str) -> str:
+    cfg = Path(path) / "tokenizer_config.json"
+    if not cfg.is_file():
+        return ""
+    return str(json.loads(cfg.read_text()).get("tokenizer_class") or "")
+
+
+def load_tokenizer(path: str, extra: dict | None = None):
+    """The tokenizer at ``path``. A generic fast tokenizer (one built by :func:`build_tiny_tokenizer`) is
+    loaded from its tokenizer.json as saved: ``AutoTokenizer`` would rebuild it as the model type's class
+    and drop a custom normalizer."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if not extra and _saved_tokenizer_class(path) in GENERIC_TOKENIZER_CLASSES:
+        tok = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        tok = AutoTokenizer.from_pretrained(path, **(extra or {}))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

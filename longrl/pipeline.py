@@ -135,14 +135,17 @@ def check_inputs(name: str, manifest: dict[str, Any], cfg_hash: str, data_hashes
 
 # ---------------------------------------------------------------------------- policy and data
 def build_policy_from_scratch(cfg: Config, path: Path) -> Path:
-    """A tokenizer trained on synthetic texts and a random Qwen2 model, saved at ``path``."""
+    """A tokenizer trained on synthetic prompts (the QwenLong template filled with synthetic documents and
+    questions) and SFT targets, and a random Qwen2 model, saved at ``path``."""
+    from longrl.data.prompt import render_user_prompt
     from longrl.data.synth import generate
     from longrl.models import build_tiny_model, build_tiny_tokenizer, save_pretrained_dir
     from longrl.train.sft import sft_target
 
     t = cfg.pipeline.tiny
     corpus = generate(t.corpus_samples, t.corpus_tokens, cfg.seed, cfg.pipeline.synthetic.families, split="corpus")
-    texts = [_space_after_newline(x) for s in corpus for x in (s.document, s.question, sft_target(s))]
+    texts = [_space_after_newline(x) for s in corpus
+             for x in (render_user_prompt(s.document, s.question), sft_target(s))]
     tokenizer = adapt_tiny_tokenizer(build_tiny_tokenizer(texts, vocab_size=t.vocab_size))
     model = build_tiny_model(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
                              num_kv_heads=t.num_kv_heads, seed=cfg.seed)
@@ -160,29 +163,27 @@ def _space_after_newline(text: str) -> str:
 
 
 def adapt_tiny_tokenizer(tokenizer):
-    """Two changes to ``build_tiny_tokenizer``'s output for learning from scratch.
+    """``build_tiny_tokenizer``'s output with a normalizer that puts a space after a newline before text.
 
-    ``<think>`` / ``</think>`` become ordinary added tokens (as in Qwen's tokenizers): as special tokens,
-    ``decode(skip_special_tokens=True)`` (what the rollout backend returns) would drop ``</think>`` and
-    every response would fail the format check. And a normalizer puts a space after a newline that
-    precedes text, so a paragraph's first word is the same token as everywhere else (the Qwen2
-    pre-tokenizer never merges a newline into a word: ``"\\n\\nKalor"`` would give ``Kalor``, not
-    `` Kalor``, and a model learning from scratch would first have to learn that the two are one name).
+    A paragraph's first word is then the same token as everywhere else: the Qwen2 pre-tokenizer never
+    merges a newline into a word, so ``"\\n\\nKalor"`` would give ``Kalor``, not `` Kalor``, and a model
+    learning from scratch would first have to learn that the two are one name. ``transformers``'
+    ``AutoTokenizer`` rebuilds a Qwen2 tokenizer without this normalizer; load the directory with
+    :func:`load_tiny_tokenizer`.
     """
-    from tokenizers import Regex, Tokenizer, normalizers
+    from tokenizers import Regex, normalizers
+
+    tokenizer.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(_NEWLINE_BEFORE_TEXT), "\n ")])
+    return tokenizer
+
+
+def load_tiny_tokenizer(path: str | Path):
+    """The tokenizer of a policy built by :func:`build_policy_from_scratch`, exactly as saved (normalizer
+    included)."""
     from transformers import PreTrainedTokenizerFast
 
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    for tok in spec["added_tokens"]:
-        if tok["content"] in ("<think>", "</think>"):
-            tok["special"] = False
-    backend = Tokenizer.from_str(json.dumps(spec))
-    backend.normalizer = normalizers.Sequence([normalizers.NFC(),
-                                               normalizers.Replace(Regex(_NEWLINE_BEFORE_TEXT), "\n ")])
-    fast = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=tokenizer.eos_token,
-                                   pad_token=tokenizer.pad_token, additional_special_tokens=["<|im_start|>"])
-    fast.chat_template = tokenizer.chat_template
-    return fast
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
 def synthetic_data(cfg: Config, tokenizer) -> PipelineData:
@@ -285,11 +286,15 @@ class Pipeline:
         model_cfg = dataclasses.replace(self.cfg.model, path=path,
                                         tokenizer=self.cfg.model.tokenizer if path == self.cfg.model.path else "")
         model, tokenizer = load_policy(model_cfg, trainable=trainable)
+        if not self.cfg.model.path:
+            tokenizer = load_tiny_tokenizer(path)
         return model.to(self.accelerator.device), tokenizer
 
     def load_tokenizer(self, path: str):
         from longrl.models import _pretrained_location, load_tokenizer
 
+        if not self.cfg.model.path:
+            return load_tiny_tokenizer(path)
         tok = self.cfg.model.tokenizer if path == self.cfg.model.path and self.cfg.model.tokenizer else path
         return load_tokenizer(*_pretrained_location(tok))
 

@@ -79,12 +79,15 @@ def test_configs_load():
 
 @pytest.mark.slow
 def test_full_demo_meets_the_bar(tmp_path):
-    """The documented run: RL raises held-out accuracy over SFT by >= 10 points, and the long phase
-    raises long-document accuracy over the short-phase checkpoint."""
+    """The bar (issue 8), on the documented command: at most 15 minutes, RL raises held-out accuracy over
+    SFT by >= 10 points on >= 200 questions, and the long phase raises long-document accuracy over the
+    short-phase checkpoint. Not met by the current recipe (docs/demo.md): this test fails until it is."""
     from longrl.pipeline import read_manifest
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
+    t0 = time.perf_counter()
+    assert main(["demo", "--out", str(out), "--threads", "1"]) == 0
+    assert time.perf_counter() - t0 <= 15 * 60
     stages = {n: read_manifest(out / "stages" / n)["eval"] for n in ("sft", "phase1", "phase2")}
     assert stages["sft"]["n"] >= 200
     assert stages["phase2"]["acc"] - stages["sft"]["acc"] >= 0.10

@@ -1,5 +1,7 @@
 """The shared fixtures work: tiny model round-trips through load_policy, and a real server answers."""
 
+import copy
+
 import httpx
 import torch
 
@@ -45,3 +47,18 @@ def test_think_tags_are_single_tokens_that_survive_decoding(tiny_tokenizer):
     assert text.startswith("<think>") and "</think>" in text
     eos = tiny_tokenizer.eos_token_id
     assert tiny_tokenizer.decode([*ids, eos], skip_special_tokens=True) == text
+
+
+def test_load_tokenizer_keeps_a_custom_normalizer(tiny_tokenizer, tmp_path):
+    from tokenizers import Regex, normalizers
+
+    from longrl.models import build_tiny_model, load_tokenizer, save_pretrained_dir
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\n(?=\S)"), "\n ")])
+    save_pretrained_dir(build_tiny_model(tok, hidden_size=32, num_layers=1), tok, tmp_path)
+    again = load_tokenizer(str(tmp_path))
+    text = "Port Amber\nNorwick flows"
+    assert again.encode(text) == tok.encode(text)
+    assert again.chat_template == tok.chat_template

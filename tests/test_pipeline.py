@@ -170,3 +170,18 @@ def test_resume_mid_phase_and_across_the_boundary_equals_uninterrupted(tmp_path,
         got, want = final_weights(cfg, stage), final_weights(ref_cfg, stage)
         assert all(torch.equal(got[k], want[k]) for k in want), stage
     assert table(cfg) == table(ref_cfg)
+
+
+def test_tiny_tokenizer_keeps_its_normalizer_and_think_tokens(tmp_path):
+    """A from-scratch policy's tokenizer, reloaded as the pipeline loads it: a paragraph-initial name is the
+    same token as the name elsewhere (the normalizer survives saving; AutoTokenizer would drop it),
+    the prompt template is made of words, and </think> survives decoding without special tokens."""
+    from longrl.pipeline import build_policy_from_scratch, load_tiny_tokenizer
+
+    cfg = quick_cfg(tmp_path / "run")
+    tok = load_tiny_tokenizer(build_policy_from_scratch(cfg, tmp_path / "init"))
+    name = tok.tokenize(" Kalor")
+    assert tok.tokenize("Kalor.\n\nKalor")[-len(name):] == name
+    assert len(tok.tokenize(" Please read the following text")) <= 8
+    ids = tok.encode("<think>\nKalor\n</think>\n\nTherefore, the answer is Kalor.")
+    assert "</think>" in tok.decode(ids, skip_special_tokens=True)

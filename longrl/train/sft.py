@@ -1,11 +1,14 @@
-"""Warm-up SFT: completion-only loss on (document, question, reasoning + answer) triplets.
+"""Warm-up SFT: completion loss on (document, question, reasoning + answer) triplets.
 
 The prompt is the QwenLong chat prompt of :func:`longrl.data.prompt.chat_prompt_ids`; the target is
 the sample's ``metadata["response"]`` when present, else
 ``"<think>\\n{reasoning}\\n</think>\\n\\nTherefore, the answer is {answer}."`` followed by EOS.
 The loss is the token-mean negative log-likelihood of the target tokens over the whole optimizer batch
 (exact across token-budget micro-batches and processes), computed by the chunked kernel of
-:mod:`longrl.train.logprobs` so [T, V] logits never exist.
+:mod:`longrl.train.logprobs` so [T, V] logits never exist. With ``prompt_loss_weight`` w > 0 the
+prompt tokens (document and question) join the loss with weight w: the objective is the weighted
+token mean ``(sum_target nll + w * sum_prompt nll) / (n_target + w * n_prompt)``, i.e. completion SFT
+plus continued pretraining on the documents (a dense signal for a model trained from scratch).
 
 ``longrl sft --config FILE [key=value ...]`` trains ``model.path`` on ``sft.sources`` (or
 ``data.sources``) and writes ``<output_dir>/sft/final``; re-running resumes from the last checkpoint.
@@ -98,8 +101,13 @@ def _base_and_head(model):
     return base, base.get_output_embeddings()
 
 
-def target_logprobs(model, examples: list[SFTExample], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of every example's target tokens in one right-padded forward; ``(logps_BT, mask_BT)``."""
+def target_logprobs(model, examples: list[SFTExample], chunk: int,
+                    with_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs of every example's next tokens in one right-padded forward.
+
+    Returns ``(logps_BT, target_mask_BT, prompt_mask_BT)``: the masks mark positions predicting a target
+    token and (with ``with_prompt``; else all False) a prompt token after the first.
+    """
     from longrl.train.logprobs import token_logprobs_entropy
 
     base, head = _base_and_head(model)
@@ -114,27 +122,50 @@ def target_logprobs(model, examples: list[SFTExample], chunk: int) -> tuple[torc
         ids_BT[b, :len(seq)] = torch.tensor(seq, device=device)
         attn_BT[b, :len(seq)] = 1
         targets_BT[b, p - 1:len(seq) - 1] = torch.tensor(e.target_ids, device=device)
+        if with_prompt:
+            targets_BT[b, :p - 1] = torch.tensor(e.prompt_ids[1:], device=device)
+    is_prompt_BT = torch.zeros_like(targets_BT, dtype=torch.bool)
+    if with_prompt:
+        for b, e in enumerate(examples):
+            is_prompt_BT[b, :len(e.prompt_ids) - 1] = True
     hidden_BTH = base.get_decoder()(input_ids=ids_BT, attention_mask=attn_BT, use_cache=False).last_hidden_state
     logps_BT, _ = token_logprobs_entropy(hidden_BTH, head.weight, targets_BT, chunk=chunk, with_entropy=False)
-    return logps_BT, targets_BT >= 0
+    return logps_BT, (targets_BT >= 0) & ~is_prompt_BT, is_prompt_BT
+
+
+def loss_weight(examples: list[SFTExample], prompt_loss_weight: float) -> float:
+    """The objective's denominator: target tokens + ``prompt_loss_weight`` x predicted prompt tokens."""
+    n_prompt = sum(len(e.prompt_ids) - 1 for e in examples) if prompt_loss_weight > 0 else 0
+    return sum(len(e.target_ids) for e in examples) + prompt_loss_weight * n_prompt
 
 
 def nll_sum(model, examples: list[SFTExample], budget: int, chunk: int, scale: float, backward: bool) -> float:
-    """Sum of target-token NLL over ``examples`` in token-budget micro-batches.
+    """Sum of target-token NLL over ``examples`` (completion-only loss); see :func:`nll_sums`."""
+    return nll_sums(model, examples, budget, chunk, scale, backward)[0]
 
-    With ``backward``, each micro-batch's ``nll / scale`` is back-propagated (``scale`` = the global
-    batch's target tokens, so the accumulated gradient is that of the exact token-mean).
+
+def nll_sums(model, examples: list[SFTExample], budget: int, chunk: int, scale: float, backward: bool,
+             prompt_loss_weight: float = 0.0) -> tuple[float, float]:
+    """Sums of target-token NLL and of prompt-token NLL (0 unless ``prompt_loss_weight`` > 0) over
+    ``examples``, in token-budget micro-batches.
+
+    With ``backward``, each micro-batch's ``(target nll + prompt_loss_weight * prompt nll) / scale`` is
+    back-propagated (``scale`` = :func:`loss_weight` of the global batch, so the accumulated gradient
+    is that of the exact weighted token-mean).
     """
     from longrl.train.optim import pack_by_token_budget
 
-    total = 0.0
+    total, total_prompt = 0.0, 0.0
     for idx in pack_by_token_budget([e.n_tokens for e in examples], budget):
-        logps_BT, mask_BT = target_logprobs(model, [examples[i] for i in idx], chunk)
+        logps_BT, mask_BT, prompt_BT = target_logprobs(model, [examples[i] for i in idx], chunk,
+                                                       with_prompt=prompt_loss_weight > 0)
         nll = -torch.where(mask_BT, logps_BT, 0.0).sum()
+        nll_prompt = -torch.where(prompt_BT, logps_BT, 0.0).sum()
         if backward:
-            (nll / scale).backward()
+            ((nll + prompt_loss_weight * nll_prompt) / scale).backward()
         total += float(nll.detach())
-    return total
+        total_prompt += float(nll_prompt.detach())
+    return total, total_prompt
 
 
 def heldout_loss(model, examples: list[SFTExample], budget: int, chunk: int, accelerator) -> float:
@@ -158,16 +189,23 @@ def _sft_step(model, params, optimizer, scheduler, accelerator, batch: list[SFTE
     """One optimizer step on ``batch`` (this process trains its round-robin share)."""
     from longrl.train.optim import shard, synced_update
 
+    w = cfg.prompt_loss_weight
     n_targets = sum(len(e.target_ids) for e in batch)
+    n_prompt = sum(len(e.prompt_ids) - 1 for e in batch)
     mine = shard(batch, accelerator.process_index, accelerator.num_processes)
-    local = nll_sum(model, mine, cfg.micro_token_budget, cfg.loss_chunk, n_targets, backward=True) if mine else 0.0
-    total = float(accelerator.reduce(torch.tensor([local], dtype=torch.float64), reduction="sum")[0])
+    local = nll_sums(model, mine, cfg.micro_token_budget, cfg.loss_chunk, loss_weight(batch, w), backward=True,
+                     prompt_loss_weight=w) if mine else (0.0, 0.0)
+    total, total_prompt = (float(x) for x in accelerator.reduce(torch.tensor(local, dtype=torch.float64),
+                                                                 reduction="sum"))
     result = synced_update(params, optimizer, accelerator, cfg.optim.grad_clip, local_loss_ok=bool(
-        torch.isfinite(torch.tensor(local))))
+        torch.isfinite(torch.tensor(local)).all()))
     lr = optimizer.param_groups[0]["lr"]
     scheduler.step()
-    return {"sft/loss": total / n_targets, "sft/grad_norm": result.grad_norm, "sft/lr": lr,
-            "sft/target_tokens": n_targets, "sft/skipped_update": float(not result.applied)}
+    out = {"sft/loss": total / n_targets, "sft/grad_norm": result.grad_norm, "sft/lr": lr,
+           "sft/target_tokens": n_targets, "sft/skipped_update": float(not result.applied)}
+    if w > 0:
+        out["sft/prompt_loss"] = total_prompt / n_prompt
+    return out
 
 
 def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str | Path, seed: int = 0,

@@ -11,7 +11,7 @@ import torch
 from longrl.data.records import DocQASample
 from longrl.models import build_tiny_model
 from longrl.train.optim import lr_factor, pack_by_token_budget
-from longrl.train.sft import build_examples, nll_sum, sft_target, split_heldout
+from longrl.train.sft import build_examples, loss_weight, nll_sum, nll_sums, sft_target, split_heldout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +61,41 @@ def test_chunked_loss_matches_full_logits_and_is_exact_across_micro_batches(tiny
         assert total == pytest.approx(ref, rel=1e-5)
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_prompt_loss_weight_adds_weighted_prompt_nll(tiny_tokenizer):
+    """nll_sums with weight w: (target NLL, prompt NLL) from full logits; the backward pass is the gradient
+    of (target + w * prompt) / loss_weight, and loss_weight = n_target + w * (prompt tokens - 1 per example)."""
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2)
+    exs, _ = build_examples(tiny_tokenizer, [_sample(0, reasoning="short"), _sample(1, reasoning="a bit longer r")])
+    ref_t = ref_p = 0.0
+    for e in exs:
+        ids = torch.tensor([e.prompt_ids + e.target_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        p = len(e.prompt_ids)
+        ref_t -= sum(float(logp[p - 1 + t, tok]) for t, tok in enumerate(e.target_ids))
+        ref_p -= sum(float(logp[t - 1, e.prompt_ids[t]]) for t in range(1, p))
+    n_t, n_p = sum(len(e.target_ids) for e in exs), sum(len(e.prompt_ids) - 1 for e in exs)
+    assert loss_weight(exs, 0.0) == n_t and loss_weight(exs, 0.5) == n_t + 0.5 * n_p
+    model.zero_grad()
+    assert nll_sums(model, exs, 10_000, chunk=7, scale=1.0, backward=False) == (pytest.approx(ref_t, rel=1e-5), 0.0)
+    total, prompt = nll_sums(model, exs, 1, chunk=7, scale=loss_weight(exs, 0.5), backward=True,
+                             prompt_loss_weight=0.5)
+    assert (total, prompt) == (pytest.approx(ref_t, rel=1e-5), pytest.approx(ref_p, rel=1e-5))
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    seqs = [torch.tensor([e.prompt_ids + e.target_ids]) for e in exs]
+    loss = 0.0
+    for e, ids in zip(exs, seqs):
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        p = len(e.prompt_ids)
+        tgt = -sum(logp[p - 1 + t, tok] for t, tok in enumerate(e.target_ids))
+        prm = -sum(logp[t - 1, e.prompt_ids[t]] for t in range(1, p))
+        loss = loss + (tgt + 0.5 * prm) / loss_weight(exs, 0.5)
+    loss.backward()
+    for a, b in zip(got, (p.grad for p in model.parameters())):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
