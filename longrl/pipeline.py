@@ -167,23 +167,14 @@ def adapt_tiny_tokenizer(tokenizer):
 
     A paragraph's first word is then the same token as everywhere else: the Qwen2 pre-tokenizer never
     merges a newline into a word, so ``"\\n\\nKalor"`` would give ``Kalor``, not `` Kalor``, and a model
-    learning from scratch would first have to learn that the two are one name. ``transformers``'
-    ``AutoTokenizer`` rebuilds a Qwen2 tokenizer without this normalizer; load the directory with
-    :func:`load_tiny_tokenizer`.
+    learning from scratch would first have to learn that the two are one name. Load the saved directory
+    with :func:`longrl.models.load_tokenizer`, which keeps the normalizer (``AutoTokenizer`` would not).
     """
     from tokenizers import Regex, normalizers
 
     tokenizer.backend_tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(_NEWLINE_BEFORE_TEXT), "\n ")])
     return tokenizer
-
-
-def load_tiny_tokenizer(path: str | Path):
-    """The tokenizer of a policy built by :func:`build_policy_from_scratch`, exactly as saved (normalizer
-    included)."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
 def synthetic_data(cfg: Config, tokenizer) -> PipelineData:
@@ -286,15 +277,11 @@ class Pipeline:
         model_cfg = dataclasses.replace(self.cfg.model, path=path,
                                         tokenizer=self.cfg.model.tokenizer if path == self.cfg.model.path else "")
         model, tokenizer = load_policy(model_cfg, trainable=trainable)
-        if not self.cfg.model.path:
-            tokenizer = load_tiny_tokenizer(path)
         return model.to(self.accelerator.device), tokenizer
 
     def load_tokenizer(self, path: str):
         from longrl.models import _pretrained_location, load_tokenizer
 
-        if not self.cfg.model.path:
-            return load_tiny_tokenizer(path)
         tok = self.cfg.model.tokenizer if path == self.cfg.model.path and self.cfg.model.tokenizer else path
         return load_tokenizer(*_pretrained_location(tok))
 

@@ -15,9 +15,6 @@ import httpx
 import pytest
 import torch
 
-# Tiny models on a 2-core machine: one intra-op thread is fastest and immune to contention.
-torch.set_num_threads(1)
-
 SHARED_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "docqa_samples"
 
 TINY_CORPUS = [
@@ -27,6 +24,16 @@ TINY_CORPUS = [
     "<think>The text says the capital is Port Amber.</think> Therefore, the answer is Port Amber.",
     "Answer 1: 42. Answer 2: forty-two. [[YES]] [[NO]] Problem: equivalent answers.",
 ] * 20
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test (tiny models on a 2-core machine: fastest, immune to contention),
+    restored after, so a test that sets its own count (the demo's `pipeline.threads`) cannot leak it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def free_port() -> int:

@@ -176,10 +176,11 @@ def test_tiny_tokenizer_keeps_its_normalizer_and_think_tokens(tmp_path):
     """A from-scratch policy's tokenizer, reloaded as the pipeline loads it: a paragraph-initial name is the
     same token as the name elsewhere (the normalizer survives saving; AutoTokenizer would drop it),
     the prompt template is made of words, and </think> survives decoding without special tokens."""
-    from longrl.pipeline import build_policy_from_scratch, load_tiny_tokenizer
+    from longrl.models import load_tokenizer
+    from longrl.pipeline import build_policy_from_scratch
 
     cfg = quick_cfg(tmp_path / "run")
-    tok = load_tiny_tokenizer(build_policy_from_scratch(cfg, tmp_path / "init"))
+    tok = load_tokenizer(str(build_policy_from_scratch(cfg, tmp_path / "init")))
     name = tok.tokenize(" Kalor")
     assert tok.tokenize("Kalor.\n\nKalor")[-len(name):] == name
     assert len(tok.tokenize(" Please read the following text")) <= 8

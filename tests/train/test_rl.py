@@ -16,15 +16,6 @@ from longrl.train import rl
 from longrl.train.rl import Group, NonFiniteError, Seq, group_advantages, make_pieces, mini_batches, train_rl
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning threads per process are ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _run(model_dir, tmp_path, overrides, reward=None, **kwargs):
     cfg = load_config(None, BASE + ["reward.overlong.enabled=false"] + overrides)
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -16,14 +16,6 @@ from longrl.train.sft import build_examples, loss_weight, nll_sum, nll_sums, sft
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _sample(i: int, **meta) -> DocQASample:
     return DocQASample(id=f"s{i}", source="toy", task="qa", document="The capital of Veridia is Port Amber.",
                        question="What is the capital of Veridia?", answers=["Port Amber"], metadata=meta)
