@@ -321,7 +321,7 @@ class Pipeline:
     def run_stage(self, name: str) -> dict[str, Any]:
         m = self.manifest(name)
         if m and m.get("status") == "complete":
-            if name != STAGE_INIT:
+            if name != STAGE_INIT and self.data is None:
                 self.ensure_data(self.load_tokenizer(m["output_model"] or m["input_model"]))
             check_inputs(name, m, self.cfg_hash, self.data_hashes)
             self._emit(name, "skip", m)
@@ -383,7 +383,9 @@ class Pipeline:
             m["eval"] = table
             m["eval_wall_s"] = time.perf_counter() - t0
             if self.accelerator.is_main_process:
-                write_records(records, stage_dir(self.cfg, name) / "heldout_predictions.jsonl")
+                from longrl.data.prepare import write_jsonl_rows
+
+                write_jsonl_rows(records, stage_dir(self.cfg, name) / "heldout_predictions.jsonl")
             self._emit(name, "evaluated", m)
         m["status"] = "complete"
         m["finished"] = time.time()
@@ -498,13 +500,6 @@ def _pool_line(summary: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('/')[-1]}={summary[k]:.3g}" for k in keys if k in summary)
 
 
-def write_records(records: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def _pct(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f}"
 
@@ -603,5 +598,3 @@ def print_event(ev: StageEvent) -> None:
         t = m["eval"]
         sets = ", ".join(f"{k} tok {100 * v['acc']:.1f}%" for k, v in t["sets"].items())
         print(f"[{ev.stage}] held-out accuracy {100 * t['acc']:.1f}% ({sets}) in {m['eval_wall_s']:.0f}s")
-    elif ev.kind == "done" and ev.stage == STAGE_EVAL and m["metrics"].get("table"):
-        pass

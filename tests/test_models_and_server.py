@@ -61,4 +61,8 @@ def test_load_tokenizer_keeps_a_custom_normalizer(tiny_tokenizer, tmp_path):
     again = load_tokenizer(str(tmp_path))
     text = "Port Amber\nNorwick flows"
     assert again.encode(text) == tok.encode(text)
+    # the token counter used by `prepare`, `synth` and `eval` loads through the same path
+    from longrl.data.tokens import load_tokenizer as counting_tokenizer
+
+    assert counting_tokenizer(str(tmp_path)).encode(text) == tok.encode(text)
     assert again.chat_template == tok.chat_template

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longrl.config import ConfigError, SourceConfig
+from longrl.data.readers import _FORMAT_ALIASES, FORMATS
 from longrl.data.records import DocQASample
 
 DEFAULT_BOUNDS = [20000, 60000]
@@ -60,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def parse_source_arg(text: str) -> SourceConfig:
     """'PATH' or 'PATH:FORMAT' -> SourceConfig (a colon followed by a non-format stays in the path)."""
     path, sep, fmt = text.rpartition(":")
-    formats = ("auto", "verl", "longbench", "docmath", "frames", "jsonl", "synthetic")
+    formats = ("auto", *FORMATS, *_FORMAT_ALIASES)
     if sep and fmt in formats:
         return SourceConfig(path=path, format=fmt)
     return SourceConfig(path=text)

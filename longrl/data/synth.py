@@ -313,9 +313,9 @@ def run(args: argparse.Namespace) -> int:
 
     count = None
     if args.tokenizer:
-        from transformers import AutoTokenizer
+        from longrl.data.tokens import load_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+        tok = load_tokenizer(args.tokenizer)
 
         def count(text: str) -> int:
             return len(tok(text, add_special_tokens=False)["input_ids"])

@@ -38,10 +38,11 @@ def qwen_tokenizer_dir() -> str:
 
 
 def load_tokenizer(path_or_dir: str = "") -> Any:
-    """A Hugging Face tokenizer from a directory or hub id; empty = the Qwen tokenizer files."""
-    from transformers import AutoTokenizer
+    """A Hugging Face tokenizer from a directory or hub id (:func:`longrl.models.load_tokenizer`, which
+    keeps a saved custom normalizer); empty = the Qwen tokenizer files."""
+    from longrl.models import load_tokenizer as load
 
-    return AutoTokenizer.from_pretrained(path_or_dir or qwen_tokenizer_dir())
+    return load(path_or_dir or qwen_tokenizer_dir())
 
 
 def _backend(tokenizer: Any) -> Any:

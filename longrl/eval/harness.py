@@ -27,6 +27,7 @@ from longrl.config import ConfigError, EvalConfig
 from longrl.data.records import DocQASample
 from longrl.eval.benchmarks import get_benchmark
 from longrl.eval.metrics import judge_prediction, split_thinking
+from longrl.rollout.openai import RETRY_STATUS, GenerationError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,6 @@ class Generation:
     completion_tokens: int = -1
     error: str = ""
     """Non-empty when the generation failed after all retries."""
-
-
-class GenerationError(RuntimeError):
-    """A request failed for good (after retries, or with a non-retryable status)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,7 +170,6 @@ def _message_text(message: dict[str, Any]) -> str:
 class EndpointBackend:
     """Chat completions against an OpenAI-compatible server, ``concurrency`` requests in flight."""
 
-    RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "", concurrency: int = 8,
                  timeout_s: float = 1800.0, max_retries: int = 4, backoff_s: float = 1.0):
@@ -193,7 +189,7 @@ class EndpointBackend:
             r = self.client.post(self.url, json=body)
         except httpx.HTTPError as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from None
-        if r.status_code in self.RETRY_STATUS:
+        if r.status_code in RETRY_STATUS:
             raise _Retryable(f"HTTP {r.status_code}: {r.text[:200]}")
         if r.status_code != 200:
             raise GenerationError(f"HTTP {r.status_code}: {r.text[:200]}")

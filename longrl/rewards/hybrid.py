@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from longrl.config import RewardConfig
-from longrl.rewards.degenerate import is_degenerate
 from longrl.rewards.judge import Judge, JudgeRequest, Verdict
 from longrl.rewards.rule import RuleResult, rule_score
 
@@ -100,6 +99,20 @@ def combine_scores(rule: RuleResult, verdict: Verdict, combine: str, judge_weigh
     return score, score >= 1.0, "judge"
 
 
+def judge_against_golds(judge: Judge, items: Sequence[tuple[str, str, list[str]]]) -> list[Verdict]:
+    """One verdict per (question, prediction, golds): one judge request per gold, in one batch, combined
+    with :func:`combine_gold_verdicts`."""
+    reqs, owners = [], []
+    for k, (question, prediction, golds) in enumerate(items):
+        for gold in golds:
+            reqs.append(JudgeRequest(question, prediction, gold))
+            owners.append(k)
+    per_item: list[list[Verdict]] = [[] for _ in items]
+    for k, v in zip(owners, judge.judge_many(reqs)):
+        per_item[k].append(v)
+    return [combine_gold_verdicts(v) for v in per_item]
+
+
 class HybridReward:
     """Rule scores plus judge verdicts for batches of responses, with failure accounting."""
 
@@ -139,9 +152,8 @@ class HybridReward:
             return "rule score 1"
         if not rule.pred or not rule.pred.strip():
             return "no answer" if rule.format_ok else "format"
-        degenerate = is_degenerate(rule.pred, item.question, item.document)
-        if degenerate:
-            return f"degenerate: {degenerate}"
+        if rule.reason.startswith("degenerate: "):  # rule_score ran is_degenerate on the same inputs
+            return rule.reason
         suspicious = suspicious_reason(rule.pred) if self.cfg.judge_skip_suspicious else None
         return f"suspicious: {suspicious}" if suspicious else ""
 
@@ -150,17 +162,9 @@ class HybridReward:
         verdicts: list[Verdict] = [None] * len(items)
         if not asked:
             return verdicts
-        reqs, owners = [], []
-        for i in asked:
-            for gold in items[i].answers:
-                reqs.append(JudgeRequest(items[i].question, rules[i].pred or "", gold))
-                owners.append(i)
-        raw = self.judge.judge_many(reqs)
-        per_item: dict[int, list[Verdict]] = {i: [] for i in asked}
-        for i, v in zip(owners, raw):
-            per_item[i].append(v)
-        for i in asked:
-            verdicts[i] = combine_gold_verdicts(per_item[i])
+        triples = [(items[i].question, rules[i].pred or "", items[i].answers) for i in asked]
+        for i, v in zip(asked, judge_against_golds(self.judge, triples)):
+            verdicts[i] = v
         return verdicts
 
     def _account(self, results: list[RewardResult]) -> None:

@@ -74,24 +74,15 @@ def _judge_config(args):
 
 
 def run(args) -> int:
-    from longrl.rewards.hybrid import combine_gold_verdicts
-    from longrl.rewards.judge import JudgeRequest, make_judge
+    from longrl.rewards.hybrid import judge_against_golds
+    from longrl.rewards.judge import make_judge
 
     cfg = _judge_config(args)
     rows = _read_pairs(Path(args.inp))
     judge = make_judge(cfg)
-    reqs, owners = [], []
-    for i, row in enumerate(rows):
-        for gold in row["_golds"]:
-            reqs.append(JudgeRequest(row["question"], row["prediction"], gold))
-            owners.append(i)
-    raw = judge.judge_many(reqs)
-    per_row: list[list] = [[] for _ in rows]
-    for i, v in zip(owners, raw):
-        per_row[i].append(v)
+    verdicts = judge_against_golds(judge, [(r["question"], r["prediction"], r["_golds"]) for r in rows])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    verdicts = [combine_gold_verdicts(v) for v in per_row]
     with out.open("w") as f:
         for row, verdict in zip(rows, verdicts):
             row = {k: v for k, v in row.items() if k != "_golds"}

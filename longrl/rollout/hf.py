@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from longrl.rollout.base import Completion
-from longrl.train.group_forward import install_shared_attention, shared_prefix_unsupported_reason
+from longrl.train.group_forward import install_shared_attention, shared_prefix_unsupported_reason, unwrap_peft
 
 
 def sample_next(logits_NV: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
@@ -149,7 +149,7 @@ class HFGenerator:
 
     def _decode_step(self, prompt_cache: DynamicCache, n: int, max_new_tokens: int):
         """A function (tokens [N], positions [N, 1]) -> next logits [N, V] continuing ``prompt_cache``."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        base = unwrap_peft(self.model)
         if shared_prefix_unsupported_reason(self.model) is not None:
             prompt_cache.batch_repeat_interleave(n)
 

@@ -26,7 +26,6 @@ import logging
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
@@ -140,10 +139,9 @@ class OpenAIGenerator:
             return
         if step % self.cfg.sync_every:
             return
-        path = Path(self.cfg.sync_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        getattr(model, "module", model).save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        from longrl.models import save_pretrained_dir
+
+        path = save_pretrained_dir(getattr(model, "module", model), self.tokenizer, self.cfg.sync_dir)
         if self.cfg.reload_path:
             root = self.cfg.base_url.rstrip("/").removesuffix("/v1")
             self._post_with_retries(root + self.cfg.reload_path, {})

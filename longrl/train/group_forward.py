@@ -130,14 +130,14 @@ def install_shared_attention(config) -> None:
     config._attn_implementation = name
 
 
-def _unwrap(model) -> nn.Module:
+def unwrap_peft(model) -> nn.Module:
     """The transformers CausalLM inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def shared_prefix_unsupported_reason(model) -> str | None:
     """Why the shared-prompt path cannot run on ``model``, or None when it can."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -166,7 +166,7 @@ def _pad_completions(completion_ids: list[list[int]], device) -> tuple[torch.Ten
 
 def _shared_hidden(model, prompt_P: torch.Tensor, ids_GC: torch.Tensor) -> torch.Tensor:
     """Final hidden states predicting each completion token, via the packed forward; [G, C, H]."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     g, c = ids_GC.shape
     p = prompt_P.shape[0]
     device = prompt_P.device
@@ -185,7 +185,7 @@ def _shared_hidden(model, prompt_P: torch.Tensor, ids_GC: torch.Tensor) -> torch
 
 def _naive_hidden(model, prompt_P: torch.Tensor, ids_GC: torch.Tensor, mask_GC: torch.Tensor) -> torch.Tensor:
     """Final hidden states predicting each completion token, one full sequence per row; [G, C, H]."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     g, c = ids_GC.shape
     p = prompt_P.shape[0]
     input_GL = torch.cat([prompt_P.expand(g, -1), ids_GC], dim=1)
@@ -243,7 +243,7 @@ def group_logprobs(
     else:
         hidden_GCH = _naive_hidden(model, prompt_P, ids_GC, mask_GC)
     targets_GC = ids_GC.masked_fill(~mask_GC, -100)
-    logps_GC, entropy_GC = _head_logprobs(_unwrap(model).get_output_embeddings(), hidden_GCH, targets_GC, chunk,
+    logps_GC, entropy_GC = _head_logprobs(unwrap_peft(model).get_output_embeddings(), hidden_GCH, targets_GC, chunk,
                                           temperature, with_entropy)
     if entropy_GC is not None:
         entropy_GC = entropy_GC.masked_fill(~mask_GC, 0.0)

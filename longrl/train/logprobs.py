@@ -73,6 +73,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h_NH, weight_VH, targets_N, chunk, temperature, with_entropy):
+        ctx.set_materialize_grads(False)  # entropy used only as a metric: backward skips its gradient
         n = h_NH.shape[0]
         logp_N = torch.empty(n, device=h_NH.device)
         ent_N = torch.empty(n, device=h_NH.device) if with_entropy else None

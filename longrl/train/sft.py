@@ -96,11 +96,6 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     return out
 
 
-def _base_and_head(model):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base, base.get_output_embeddings()
-
-
 def target_logprobs(model, examples: list[SFTExample], chunk: int,
                     with_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probs of every example's next tokens in one right-padded forward.
@@ -108,9 +103,11 @@ def target_logprobs(model, examples: list[SFTExample], chunk: int,
     Returns ``(logps_BT, target_mask_BT, prompt_mask_BT)``: the masks mark positions predicting a target
     token and (with ``with_prompt``; else all False) a prompt token after the first.
     """
+    from longrl.train.group_forward import unwrap_peft
     from longrl.train.logprobs import token_logprobs_entropy
 
-    base, head = _base_and_head(model)
+    base = unwrap_peft(model)
+    head = base.get_output_embeddings()
     device = head.weight.device
     width = max(e.n_tokens for e in examples)
     ids_BT = torch.zeros(len(examples), width, dtype=torch.long, device=device)
@@ -193,7 +190,7 @@ def _sft_step(model, params, optimizer, scheduler, accelerator, batch: list[SFTE
     n_targets = sum(len(e.target_ids) for e in batch)
     n_prompt = sum(len(e.prompt_ids) - 1 for e in batch)
     mine = shard(batch, accelerator.process_index, accelerator.num_processes)
-    local = nll_sums(model, mine, cfg.micro_token_budget, cfg.loss_chunk, loss_weight(batch, w), backward=True,
+    local = nll_sums(model, mine, cfg.micro_token_budget, cfg.loss_chunk, n_targets + w * n_prompt, backward=True,
                      prompt_loss_weight=w) if mine else (0.0, 0.0)
     total, total_prompt = (float(x) for x in accelerator.reduce(torch.tensor(local, dtype=torch.float64),
                                                                  reduction="sum"))
@@ -315,8 +312,8 @@ def init_tiny_model(path: str, samples: list[DocQASample], hidden: int, layers: 
     from longrl.models import build_tiny_model, build_tiny_tokenizer, save_pretrained_dir
 
     texts = [t for s in samples for t in (s.document, s.question, sft_target(s))]
-    tok = build_tiny_tokenizer(texts, vocab_size=2000)
-    model = build_tiny_model(tok, hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=2)
+    tok = build_tiny_tokenizer(texts)
+    model = build_tiny_model(tok, hidden_size=hidden, num_layers=layers)
     save_pretrained_dir(model, tok, path)
 
 

@@ -129,7 +129,7 @@ def test_cli_writes_docqa_jsonl(tmp_path, capsys):
 
 def test_rule_scorer_accepts_gold_and_rejects_distractor_answers():
     # the rule extractor reads the answer after "the answer is" (QwenLong answer format)
-    rule = pytest.importorskip("longrl.rewards.rule")
+    from longrl.rewards import rule
     for s in generate(40, 300, seed=9):
         response = f"<think>{s.metadata['reasoning']}</think>\nTherefore, the answer is {s.answer}."
         gold = rule.rule_score(s.task, response, s.answers, question=s.question, document=s.document)
