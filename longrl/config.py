@@ -574,6 +574,35 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class CopyPretrainConfig:
+    """Copying task run on a from-scratch policy before SFT (``longrl.train.copy_pretrain``)."""
+
+    steps: int = 0
+    """Optimizer steps (0 = off). ~600 give the demo's 2-layer model an induction (copy) circuit."""
+    batch_size: int = 16
+    lr: float = 1.0e-3
+    warmup_steps: int = 50
+    min_span: int = 8
+    """Shortest random span to copy, in tokens."""
+    max_span: int = 24
+    """Longest random span to copy, in tokens."""
+    max_gap: int = 16
+    """Random tokens between the span and its repeat: 0..max_gap, so no fixed offset solves the task."""
+    row_vocab: int = 0
+    """Draw each row's tokens from this many tokens (0 = the whole vocabulary): repeats within a span make
+    the model match n-grams, not single tokens."""
+
+    def check(self) -> None:
+        _require(self.steps >= 0, "steps", "must be >= 0")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _require(1 <= self.min_span <= self.max_span, "min_span", "must satisfy 1 <= min_span <= max_span")
+        _require(self.max_gap >= 0, "max_gap", "must be >= 0")
+        _require(self.row_vocab >= 0, "row_vocab", "must be >= 0 (0 = the whole vocabulary)")
+
+
+@dataclass
 class TinyPolicyConfig:
     vocab_size: int = 1200
     """BPE vocabulary of the tokenizer trained on synthetic texts."""
@@ -589,6 +618,8 @@ class TinyPolicyConfig:
     """Synthetic samples (split 'corpus') whose documents, questions and targets train the tokenizer."""
     corpus_tokens: int = 256
     """Document length of the corpus samples (word-count estimate)."""
+    copy_pretrain: CopyPretrainConfig = field(default_factory=CopyPretrainConfig)
+    """Copying task on the fresh model before SFT (part of the init stage)."""
 
     def check(self) -> None:
         _require(self.vocab_size >= 300, "vocab_size", "must be >= 300 (256 bytes + specials + merges)")

@@ -39,21 +39,22 @@ model:
 pipeline:
   threads: 2
   eval_batch_size: 32
-  tiny: {vocab_size: 1200, hidden_size: 128, num_layers: 4, num_heads: 4, num_kv_heads: 2,
-         corpus_samples: 400, corpus_tokens: 256}
+  tiny: {vocab_size: 1200, hidden_size: 128, num_layers: 2, num_heads: 4, num_kv_heads: 2,
+         corpus_samples: 400, corpus_tokens: 256,
+         copy_pretrain: {steps: 800, batch_size: 16, lr: 1.0e-3}}   # induction (copy) circuit before SFT
   synthetic:
     enabled: true
     families: [lookup, multihop, numeric, mcq]
     sft: [{target_tokens: 64, n: 12000}]                        # warm-up SFT on short documents
-    train: [{target_tokens: 128, n: 800}, {target_tokens: 256, n: 400}]
-    heldout: [{target_tokens: 128, n: 128}, {target_tokens: 256, n: 128}]
+    train: [{target_tokens: 128, n: 2400}, {target_tokens: 256, n: 1600}]   # fresh prompts: RL draws ~1900 + ~1200
+    heldout: [{target_tokens: 128, n: 256}, {target_tokens: 256, n: 256}]
 sft:
-  steps: 1000
+  steps: 600
   batch_size: 16
   heldout_fraction: 0.0
   eval_every: 0
   prompt_loss_weight: 0.5     # + next-token loss on the documents: a dense signal for a model from scratch
-  optim: {lr: 1.0e-2, weight_decay: 0.0, warmup_steps: 20, schedule: cosine}
+  optim: {lr: 3.0e-3, weight_decay: 0.0, warmup_steps: 20, schedule: cosine}
 rollout:
   group_size: 8
   temperature: 1.0
@@ -68,14 +69,14 @@ algo:
   loss_agg: token-mean        # DAPO token-level loss
   kl_coef: 0.0
 rl:
-  prompts_per_step: 8
+  prompts_per_step: 16
   micro_token_budget: 16384
-  optim: {lr: 3.0e-4, weight_decay: 0.0, warmup_steps: 0, schedule: constant, grad_clip: 1.0}
+  optim: {lr: 1.0e-4, weight_decay: 0.0, warmup_steps: 0, schedule: constant, grad_clip: 1.0}
   dynamic_sampling: {enabled: true, metric: acc, max_rounds: 3, on_cap: proceed}
 curriculum:
   phases:
-    - {name: phase1, max_input_tokens: 240, steps: 40}        # ~128-token documents
-    - {name: phase2, max_input_tokens: 480, steps: 30}        # ~256-token documents
+    - {name: phase1, max_input_tokens: 240, steps: 120}       # ~128-token documents
+    - {name: phase2, max_input_tokens: 480, steps: 100}       # ~256-token documents
   retrospective: {enabled: true, hard_threshold: 0.5, fraction: 0.25, cap: 64}
 eval:
   k: 1
@@ -131,7 +132,7 @@ logging: {tensorboard: false, rollout_samples_every: 2, rollout_samples: 4}
 
 QUICK_OVERRIDES = [
     "pipeline.tiny.vocab_size=600", "pipeline.tiny.hidden_size=32", "pipeline.tiny.num_layers=2",
-    "pipeline.tiny.corpus_samples=60", "pipeline.tiny.corpus_tokens=128",
+    "pipeline.tiny.corpus_samples=60", "pipeline.tiny.corpus_tokens=128", "pipeline.tiny.copy_pretrain.steps=20",
     "pipeline.synthetic.sft=[{target_tokens: 64, n: 64}]",
     "pipeline.synthetic.train=[{target_tokens: 64, n: 16}, {target_tokens: 160, n: 16}]",
     "pipeline.synthetic.heldout=[{target_tokens: 64, n: 8}, {target_tokens: 160, n: 8}]",

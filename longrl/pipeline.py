@@ -134,9 +134,14 @@ def check_inputs(name: str, manifest: dict[str, Any], cfg_hash: str, data_hashes
 
 
 # ---------------------------------------------------------------------------- policy and data
-def build_policy_from_scratch(cfg: Config, path: Path) -> Path:
+def build_policy_from_scratch(cfg: Config, path: Path, progress: bool = False) -> Path:
     """A tokenizer trained on synthetic prompts (the QwenLong template filled with synthetic documents and
-    questions) and SFT targets, and a random Qwen2 model, saved at ``path``."""
+    questions) and SFT targets, and a random Qwen2 model, saved at ``path``.
+
+    With ``pipeline.tiny.copy_pretrain.steps`` > 0 the model is first trained on the copying task
+    (:mod:`longrl.train.copy_pretrain`); its log goes to ``path.parent / "copy_pretrain"`` and its
+    final held-out loss and accuracy to ``path / "copy_pretrain.json"``.
+    """
     from longrl.data.prompt import render_user_prompt
     from longrl.data.synth import generate
     from longrl.models import build_tiny_model, build_tiny_tokenizer, save_pretrained_dir
@@ -149,7 +154,16 @@ def build_policy_from_scratch(cfg: Config, path: Path) -> Path:
     tokenizer = adapt_tiny_tokenizer(build_tiny_tokenizer(texts, vocab_size=t.vocab_size))
     model = build_tiny_model(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
                              num_kv_heads=t.num_kv_heads, seed=cfg.seed)
-    return save_pretrained_dir(model, tokenizer, path)
+    metrics = None
+    if t.copy_pretrain.steps:
+        from longrl.train.copy_pretrain import copy_pretrain
+
+        metrics = copy_pretrain(model, tokenizer, t.copy_pretrain, seed=cfg.seed, run_dir=path.parent / "copy_pretrain",
+                                progress=progress)
+    save_pretrained_dir(model, tokenizer, path)
+    if metrics is not None:
+        (path / "copy_pretrain.json").write_text(json.dumps(metrics, indent=1))
+    return path
 
 
 _NEWLINE_BEFORE_TEXT = r"\n(?=[^\n])"
@@ -339,7 +353,7 @@ class Pipeline:
         else:
             path = str(d / "final")
             if not (d / "final" / "config.json").is_file() and self.accelerator.is_main_process:
-                build_policy_from_scratch(self.cfg, d / "final")
+                build_policy_from_scratch(self.cfg, d / "final", progress=self.progress)
             self.accelerator.wait_for_everyone()
         model, tokenizer = self.load_model(path, trainable=False)
         self.ensure_data(tokenizer)
@@ -347,6 +361,9 @@ class Pipeline:
         m["output_model"] = path
         m["metrics"] = {"model/parameters": sum(p.numel() for p in model.parameters()),
                         "model/vocab_size": len(tokenizer)}
+        copy_metrics = Path(path) / "copy_pretrain.json"
+        if copy_metrics.is_file():
+            m["metrics"].update(json.loads(copy_metrics.read_text()))
         self._emit(STAGE_INIT, "start", m)
         return self.finish(STAGE_INIT, m, model, tokenizer)
 

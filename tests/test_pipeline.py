@@ -80,6 +80,10 @@ def test_every_stage_writes_a_complete_manifest(full_run):
             assert m["eval"]["n"] == 16 and set(m["eval"]["sets"]) == {"64", "160"}
     assert len(hashes) == 1
     assert read_manifest(stage_dir(cfg, "sft"))["metrics"]["sft/steps"] == 6
+    init = read_manifest(stage_dir(cfg, "init"))["metrics"]
+    assert init["copy/steps"] == 20 and 0.0 <= init["copy/acc"] <= 1.0 and init["copy/loss"] > 0
+    copy_log = (stage_dir(cfg, "init") / "copy_pretrain" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in copy_log] == list(range(1, 21))
     p2 = read_manifest(stage_dir(cfg, "phase2"))
     assert p2["input_model"] == str(stage_dir(cfg, "phase1") / "final")
     assert p2["metrics"]["rl/steps"] == 2
