@@ -66,42 +66,50 @@ def copy_eval(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
     return loss, acc
 
 
+def copy_token_ids(tokenizer) -> torch.Tensor:
+    """Every non-special token id of ``tokenizer``: what the copying task draws from."""
+    special = set(tokenizer.all_special_ids)
+    return torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
+
+
 def copy_pretrain(model, tokenizer, cfg, *, run_dir: str | Path, seed: int = 0,
                   progress: bool = True) -> dict[str, Any]:
     """Train ``model`` in place on the copying task ``cfg`` (a ``CopyPretrainConfig``) describes.
 
-    Tokens are every non-special token of ``tokenizer``. Per-step loss goes to ``run_dir/metrics.jsonl``. Returns ``{"copy/loss", "copy/acc", "copy/steps", "copy/time_s"}``,
-    loss and accuracy measured on a fixed held-out batch of 64 sequences after training.
+    Tokens are :func:`copy_token_ids`. Per-step loss goes to ``run_dir/metrics.jsonl``. Returns
+    ``{"copy/loss", "copy/acc", "copy/steps", "copy/time_s"}``, loss and accuracy measured on a fixed
+    held-out batch of 64 sequences after training.
     """
+    from longrl.train.optim import build_optimizer, build_scheduler
     from longrl.train.telemetry import Telemetry
 
-    special = set(tokenizer.all_special_ids)
-    token_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
+    token_ids = copy_token_ids(tokenizer)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
     shape = dict(min_span=cfg.min_span, max_span=cfg.max_span, max_gap=cfg.max_gap, bos_id=bos, pad_id=pad,
                  row_vocab=cfg.row_vocab)
     held = copy_batch(torch.Generator().manual_seed(seed + 1_000_003), token_ids, 64, **shape)
     gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    optimizer = build_optimizer(model, cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps, "constant")
     tele = Telemetry(run_dir, total_steps=cfg.steps, description="copy pretrain", tensorboard=False,
                      progress=progress)
     t0 = time.monotonic()
     model.train()
     try:
         for step in range(1, cfg.steps + 1):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
             ids, labels = copy_batch(gen, token_ids, cfg.batch_size, **shape)
             loss = model(input_ids=ids, labels=labels).loss
-            if not math.isfinite(loss.item()):
+            value = loss.item()
+            if not math.isfinite(value):
                 raise FloatingPointError(f"copy pretraining: non-finite loss at step {step}; lower "
                                          f"pipeline.tiny.copy_pretrain.lr (now {cfg.lr})")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            tele.log(step, {"copy/loss": loss.item()})
+            tele.log(step, {"copy/loss": value})
     finally:
         tele.close()
     model.eval()

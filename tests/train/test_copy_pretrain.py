@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from longrl.config import ConfigError, CopyPretrainConfig, config_from_dict
-from longrl.train.copy_pretrain import copy_batch, copy_eval, copy_pretrain
+from longrl.train.copy_pretrain import copy_batch, copy_eval, copy_pretrain, copy_token_ids
 
 
 def _batch(seed: int, **kw):
@@ -58,8 +58,8 @@ def test_copy_pretrain_teaches_a_fresh_model_to_copy(tiny_tokenizer, tmp_path):
 
     model = build_tiny_model(tiny_tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, seed=0)
     cfg = CopyPretrainConfig(steps=800, batch_size=16, lr=3e-3, min_span=8, max_span=16, max_gap=8)
-    special = set(tiny_tokenizer.all_special_ids)
-    tokens = torch.tensor([i for i in range(len(tiny_tokenizer)) if i not in special])
+    tokens = copy_token_ids(tiny_tokenizer)
+    assert not set(tokens.tolist()) & set(tiny_tokenizer.all_special_ids) and len(tokens) > 300
     held = copy_batch(torch.Generator().manual_seed(99), tokens, 64, 8, 16, 8,
                       tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id)
     loss0, acc0 = copy_eval(model, *held)
