@@ -603,6 +603,30 @@ class CopyPretrainConfig:
 
 
 @dataclass
+class RecallPretrainConfig:
+    """Document recall run on a from-scratch policy after copy pretraining (``longrl.train.recall_pretrain``)."""
+
+    steps: int = 0
+    """Optimizer steps (0 = off). Each row: a synthetic document, then its sentences restated in a shuffled
+    order, with the loss on the restatement (dense fact lookup)."""
+    batch_size: int = 16
+    lr: float = 1.0e-3
+    warmup_steps: int = 50
+    target_tokens: int = 64
+    """Document length in policy tokens."""
+    documents: int = 4000
+    """Distinct training documents (split 'recall': disjoint from SFT, RL and held-out data)."""
+
+    def check(self) -> None:
+        _require(self.steps >= 0, "steps", "must be >= 0")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _require(self.target_tokens >= 16, "target_tokens", "must be >= 16")
+        _require(self.documents >= 1, "documents", "must be >= 1")
+
+
+@dataclass
 class TinyPolicyConfig:
     vocab_size: int = 1200
     """BPE vocabulary of the tokenizer trained on synthetic texts."""
@@ -620,6 +644,8 @@ class TinyPolicyConfig:
     """Document length of the corpus samples (word-count estimate)."""
     copy_pretrain: CopyPretrainConfig = field(default_factory=CopyPretrainConfig)
     """Copying task on the fresh model before SFT (part of the init stage)."""
+    recall_pretrain: RecallPretrainConfig = field(default_factory=RecallPretrainConfig)
+    """Document recall on the fresh model after copy pretraining, before SFT (part of the init stage)."""
 
     def check(self) -> None:
         _require(self.vocab_size >= 300, "vocab_size", "must be >= 300 (256 bytes + specials + merges)")

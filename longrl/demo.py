@@ -41,7 +41,8 @@ pipeline:
   eval_batch_size: 32
   tiny: {vocab_size: 1200, hidden_size: 128, num_layers: 2, num_heads: 4, num_kv_heads: 2,
          corpus_samples: 400, corpus_tokens: 256,
-         copy_pretrain: {steps: 800, batch_size: 16, lr: 1.0e-3}}   # induction (copy) circuit before SFT
+         copy_pretrain: {steps: 800, batch_size: 16, lr: 1.0e-3},    # induction (copy) circuit
+         recall_pretrain: {steps: 400, batch_size: 16, lr: 1.0e-3, target_tokens: 64, documents: 4000}}  # fact lookup
   synthetic:
     enabled: true
     families: [lookup, multihop, numeric, mcq]
@@ -49,12 +50,12 @@ pipeline:
     train: [{target_tokens: 128, n: 2400}, {target_tokens: 256, n: 1600}]   # fresh prompts: RL draws ~1900 + ~1200
     heldout: [{target_tokens: 128, n: 256}, {target_tokens: 256, n: 256}]
 sft:
-  steps: 600
+  steps: 400
   batch_size: 16
   heldout_fraction: 0.0
   eval_every: 0
   prompt_loss_weight: 0.5     # + next-token loss on the documents: a dense signal for a model from scratch
-  optim: {lr: 3.0e-3, weight_decay: 0.0, warmup_steps: 20, schedule: cosine}
+  optim: {lr: 1.0e-3, weight_decay: 0.0, warmup_steps: 20, schedule: cosine}   # 3e-3 erased more of the pretrained lookup
 rollout:
   group_size: 8
   temperature: 1.0
@@ -133,6 +134,7 @@ logging: {tensorboard: false, rollout_samples_every: 2, rollout_samples: 4}
 QUICK_OVERRIDES = [
     "pipeline.tiny.vocab_size=600", "pipeline.tiny.hidden_size=32", "pipeline.tiny.num_layers=2",
     "pipeline.tiny.corpus_samples=60", "pipeline.tiny.corpus_tokens=128", "pipeline.tiny.copy_pretrain.steps=20",
+    "pipeline.tiny.recall_pretrain.steps=4", "pipeline.tiny.recall_pretrain.documents=16",
     "pipeline.synthetic.sft=[{target_tokens: 64, n: 64}]",
     "pipeline.synthetic.train=[{target_tokens: 64, n: 16}, {target_tokens: 160, n: 16}]",
     "pipeline.synthetic.heldout=[{target_tokens: 64, n: 8}, {target_tokens: 160, n: 8}]",

@@ -134,13 +134,18 @@ def check_inputs(name: str, manifest: dict[str, Any], cfg_hash: str, data_hashes
 
 
 # ---------------------------------------------------------------------------- policy and data
+PRETRAIN_METRICS = "pretrain.json"
+"""File in a from-scratch init model folder: the copy / recall pretraining metrics."""
+
+
 def build_policy_from_scratch(cfg: Config, path: Path, progress: bool = False) -> Path:
     """A tokenizer trained on synthetic prompts (the QwenLong template filled with synthetic documents and
     questions) and SFT targets, and a random Qwen2 model, saved at ``path``.
 
     With ``pipeline.tiny.copy_pretrain.steps`` > 0 the model is first trained on the copying task
-    (:mod:`longrl.train.copy_pretrain`); its log goes to ``path.parent / "copy_pretrain"`` and its
-    final held-out loss and accuracy to ``path / "copy_pretrain.json"``.
+    (:mod:`longrl.train.copy_pretrain`), then, with ``pipeline.tiny.recall_pretrain.steps`` > 0, on document
+    recall (:mod:`longrl.train.recall_pretrain`); their logs go to ``path.parent / "copy_pretrain"`` and
+    ``path.parent / "recall_pretrain"``, their final held-out metrics to ``path / PRETRAIN_METRICS``.
     """
     from longrl.data.prompt import render_user_prompt
     from longrl.data.synth import generate
@@ -154,15 +159,20 @@ def build_policy_from_scratch(cfg: Config, path: Path, progress: bool = False) -
     tokenizer = adapt_tiny_tokenizer(build_tiny_tokenizer(texts, vocab_size=t.vocab_size))
     model = build_tiny_model(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
                              num_kv_heads=t.num_kv_heads, seed=cfg.seed)
-    metrics = None
+    metrics: dict[str, Any] = {}
     if t.copy_pretrain.steps:
         from longrl.train.copy_pretrain import copy_pretrain
 
-        metrics = copy_pretrain(model, tokenizer, t.copy_pretrain, seed=cfg.seed, run_dir=path.parent / "copy_pretrain",
-                                progress=progress)
+        metrics |= copy_pretrain(model, tokenizer, t.copy_pretrain, seed=cfg.seed, run_dir=path.parent / "copy_pretrain",
+                                 progress=progress)
+    if t.recall_pretrain.steps:
+        from longrl.train.recall_pretrain import recall_pretrain
+
+        metrics |= recall_pretrain(model, tokenizer, t.recall_pretrain, families=cfg.pipeline.synthetic.families,
+                                   seed=cfg.seed, run_dir=path.parent / "recall_pretrain", progress=progress)
     save_pretrained_dir(model, tokenizer, path)
-    if metrics is not None:
-        (path / "copy_pretrain.json").write_text(json.dumps(metrics, indent=1))
+    if metrics:
+        (path / PRETRAIN_METRICS).write_text(json.dumps(metrics, indent=1))
     return path
 
 
@@ -361,9 +371,9 @@ class Pipeline:
         m["output_model"] = path
         m["metrics"] = {"model/parameters": sum(p.numel() for p in model.parameters()),
                         "model/vocab_size": len(tokenizer)}
-        copy_metrics = Path(path) / "copy_pretrain.json"
-        if copy_metrics.is_file():
-            m["metrics"].update(json.loads(copy_metrics.read_text()))
+        pretrain_metrics = Path(path) / PRETRAIN_METRICS
+        if pretrain_metrics.is_file():
+            m["metrics"].update(json.loads(pretrain_metrics.read_text()))
         self._emit(STAGE_INIT, "start", m)
         return self.finish(STAGE_INIT, m, model, tokenizer)
 

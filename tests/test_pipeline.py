@@ -84,6 +84,9 @@ def test_every_stage_writes_a_complete_manifest(full_run):
     assert init["copy/steps"] == 20 and 0.0 <= init["copy/acc"] <= 1.0 and init["copy/loss"] > 0
     copy_log = (stage_dir(cfg, "init") / "copy_pretrain" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in copy_log] == list(range(1, 21))
+    assert init["recall/steps"] == 4 and 0.0 <= init["recall/value_acc"] <= 1.0 and init["recall/loss"] > 0
+    recall_log = (stage_dir(cfg, "init") / "recall_pretrain" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in recall_log] == list(range(1, 5))
     p2 = read_manifest(stage_dir(cfg, "phase2"))
     assert p2["input_model"] == str(stage_dir(cfg, "phase1") / "final")
     assert p2["metrics"]["rl/steps"] == 2

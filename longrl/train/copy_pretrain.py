@@ -72,6 +72,41 @@ def copy_token_ids(tokenizer) -> torch.Tensor:
     return torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
 
 
+def pretrain_loop(model, make_batch, *, steps: int, lr: float, warmup_steps: int, run_dir: str | Path,
+                  description: str, metric: str, config_key: str, progress: bool = True) -> float:
+    """Train ``model`` in place for ``steps`` AdamW steps on ``make_batch() -> (ids, labels, attention_mask)``.
+
+    Per-step loss goes to ``run_dir/metrics.jsonl`` as ``metric``; a non-finite loss raises naming
+    ``config_key``. Returns the wall time in seconds.
+    """
+    from longrl.train.optim import build_optimizer, build_scheduler
+    from longrl.train.telemetry import Telemetry
+
+    optimizer = build_optimizer(model, lr, weight_decay=0.0, betas=(0.9, 0.98))
+    scheduler = build_scheduler(optimizer, warmup_steps, steps, "constant")
+    tele = Telemetry(run_dir, total_steps=steps, description=description, tensorboard=False, progress=progress)
+    t0 = time.monotonic()
+    model.train()
+    try:
+        for step in range(1, steps + 1):
+            ids, labels, mask = make_batch()
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{description}: non-finite loss at step {step}; lower {config_key}.lr "
+                                         f"(now {lr})")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tele.log(step, {metric: value})
+    finally:
+        tele.close()
+    model.eval()
+    return time.monotonic() - t0
+
+
 def copy_pretrain(model, tokenizer, cfg, *, run_dir: str | Path, seed: int = 0,
                   progress: bool = True) -> dict[str, Any]:
     """Train ``model`` in place on the copying task ``cfg`` (a ``CopyPretrainConfig``) describes.
@@ -80,9 +115,6 @@ def copy_pretrain(model, tokenizer, cfg, *, run_dir: str | Path, seed: int = 0,
     ``{"copy/loss", "copy/acc", "copy/steps", "copy/time_s"}``, loss and accuracy measured on a fixed
     held-out batch of 64 sequences after training.
     """
-    from longrl.train.optim import build_optimizer, build_scheduler
-    from longrl.train.telemetry import Telemetry
-
     token_ids = copy_token_ids(tokenizer)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
@@ -90,28 +122,13 @@ def copy_pretrain(model, tokenizer, cfg, *, run_dir: str | Path, seed: int = 0,
                  row_vocab=cfg.row_vocab)
     held = copy_batch(torch.Generator().manual_seed(seed + 1_000_003), token_ids, 64, **shape)
     gen = torch.Generator().manual_seed(seed)
-    optimizer = build_optimizer(model, cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps, "constant")
-    tele = Telemetry(run_dir, total_steps=cfg.steps, description="copy pretrain", tensorboard=False,
-                     progress=progress)
-    t0 = time.monotonic()
-    model.train()
-    try:
-        for step in range(1, cfg.steps + 1):
-            ids, labels = copy_batch(gen, token_ids, cfg.batch_size, **shape)
-            loss = model(input_ids=ids, labels=labels).loss
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"copy pretraining: non-finite loss at step {step}; lower "
-                                         f"pipeline.tiny.copy_pretrain.lr (now {cfg.lr})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tele.log(step, {"copy/loss": value})
-    finally:
-        tele.close()
-    model.eval()
+
+    def make_batch():
+        ids, labels = copy_batch(gen, token_ids, cfg.batch_size, **shape)
+        return ids, labels, None
+
+    seconds = pretrain_loop(model, make_batch, steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                            run_dir=run_dir, description="copy pretrain", metric="copy/loss",
+                            config_key="pipeline.tiny.copy_pretrain", progress=progress)
     loss, acc = copy_eval(model, *held)
-    return {"copy/loss": loss, "copy/acc": acc, "copy/steps": cfg.steps, "copy/time_s": time.monotonic() - t0}
+    return {"copy/loss": loss, "copy/acc": acc, "copy/steps": cfg.steps, "copy/time_s": seconds}
