@@ -204,11 +204,10 @@ def adapt_tiny_tokenizer(tokenizer):
 def synthetic_data(cfg: Config, tokenizer) -> PipelineData:
     """SFT / RL / held-out synthetic sets, documents measured with the policy tokenizer."""
     from longrl.data.synth import generate
+    from longrl.data.tokens import token_counter
 
     syn = cfg.pipeline.synthetic
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
+    count = token_counter(tokenizer)
 
     def make(sets, split: str) -> list[DocQASample]:
         return [s for st in sets for s in generate(st.n, st.target_tokens, cfg.seed, syn.families, split, count)]

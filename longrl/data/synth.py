@@ -313,12 +313,9 @@ def run(args: argparse.Namespace) -> int:
 
     count = None
     if args.tokenizer:
-        from longrl.data.tokens import load_tokenizer
+        from longrl.data.tokens import load_tokenizer, token_counter
 
-        tok = load_tokenizer(args.tokenizer)
-
-        def count(text: str) -> int:
-            return len(tok(text, add_special_tokens=False)["input_ids"])
+        count = token_counter(load_tokenizer(args.tokenizer))
 
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     out = Path(args.out)

@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,16 @@ def _count_batch(texts: list[str]) -> list[int]:
 def _batches(texts: list[str], batch_size: int) -> Iterator[list[str]]:
     for i in range(0, len(texts), batch_size):
         yield texts[i: i + batch_size]
+
+
+def token_counter(tokenizer: Any) -> Callable[[str], int]:
+    """``count(text)``: the number of ``tokenizer`` tokens in ``text`` (no special tokens), for
+    :func:`longrl.data.synth.generate`'s document lengths."""
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return count
 
 
 def count_texts(texts: list[str], tokenizer: Any, workers: int = 1, batch_size: int = 16) -> list[int]:

@@ -11,10 +11,11 @@ shared with SFT, RL or held-out data), a blank line, then every sentence of the 
 shuffled order, with the loss on the restatement only. The subject and relation of a restated
 sentence are not predictable (the order is random), but its value is, from the document, and only by
 matching the whole "<name> <relation>" prefix: about twenty dense lookup targets per document where
-a DocQA example has one. On the demo model this took SFT lookup accuracy on 128-token documents from
-~45% to 70-85% (docs/demo.md).
+a DocQA example has one. On the demo model, 400 steps on 64-token documents reach 98.7% held-out value
+accuracy; RL after SFT then takes lookup on 256-token documents from 20% to 95% (docs/demo.md; with
+copy pretraining alone RL did not move held-out accuracy).
 
-:func:`recall_rows` is deterministic given its ``random.Random``; :func:`recall_pretrain` trains in place
+:func:`recall_row` is deterministic given its ``random.Random``; :func:`recall_pretrain` trains in place
 and returns the held-out value accuracy (the last token of each restated sentence, greedy).
 """
 
@@ -101,11 +102,10 @@ def recall_pretrain(model, tokenizer, cfg, *, families, run_dir: str | Path, see
     held-out documents after training.
     """
     from longrl.data.synth import generate
+    from longrl.data.tokens import token_counter
 
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
-
-    docs = [s.document for s in generate(cfg.documents + 64, cfg.target_tokens, seed, families, "recall", count)]
+    docs = [s.document for s in generate(cfg.documents + 64, cfg.target_tokens, seed, families, "recall",
+                                         token_counter(tokenizer))]
     train_docs, held_docs = docs[:cfg.documents], docs[cfg.documents:]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     held_rng = random.Random(f"longrl-recall-heldout:{seed}")

@@ -35,17 +35,24 @@ def test_examples_end_with_eos(tiny_tokenizer):
     assert skipped == 1
 
 
-def test_chunked_loss_matches_full_logits_and_is_exact_across_micro_batches(tiny_tokenizer):
-    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2)
-    exs, _ = build_examples(tiny_tokenizer, [_sample(0, reasoning="short"), _sample(1, reasoning="a bit longer r")])
-    n_targets = sum(len(e.target_ids) for e in exs)
-    ref = 0.0
+def _reference_nll(model, exs) -> tuple[float, float]:
+    """(target NLL, prompt NLL) summed over ``exs``, one example at a time from full logits."""
+    ref_t = ref_p = 0.0
     for e in exs:
         ids = torch.tensor([e.prompt_ids + e.target_ids])
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
         p = len(e.prompt_ids)
-        ref -= sum(float(logp[p - 1 + t, tok]) for t, tok in enumerate(e.target_ids))
+        ref_t -= sum(float(logp[p - 1 + t, tok]) for t, tok in enumerate(e.target_ids))
+        ref_p -= sum(float(logp[t - 1, e.prompt_ids[t]]) for t in range(1, p))
+    return ref_t, ref_p
+
+
+def test_chunked_loss_matches_full_logits_and_is_exact_across_micro_batches(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2)
+    exs, _ = build_examples(tiny_tokenizer, [_sample(0, reasoning="short"), _sample(1, reasoning="a bit longer r")])
+    n_targets = sum(len(e.target_ids) for e in exs)
+    ref, _ = _reference_nll(model, exs)
     grads = []
     for budget in (1, 10_000):  # every example alone vs one padded micro-batch
         model.zero_grad()
@@ -61,14 +68,7 @@ def test_prompt_loss_weight_adds_weighted_prompt_nll(tiny_tokenizer):
     of (target + w * prompt) / loss_weight, and loss_weight = n_target + w * (prompt tokens - 1 per example)."""
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2)
     exs, _ = build_examples(tiny_tokenizer, [_sample(0, reasoning="short"), _sample(1, reasoning="a bit longer r")])
-    ref_t = ref_p = 0.0
-    for e in exs:
-        ids = torch.tensor([e.prompt_ids + e.target_ids])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-        p = len(e.prompt_ids)
-        ref_t -= sum(float(logp[p - 1 + t, tok]) for t, tok in enumerate(e.target_ids))
-        ref_p -= sum(float(logp[t - 1, e.prompt_ids[t]]) for t in range(1, p))
+    ref_t, ref_p = _reference_nll(model, exs)
     n_t, n_p = sum(len(e.target_ids) for e in exs), sum(len(e.prompt_ids) - 1 for e in exs)
     assert loss_weight(exs, 0.0) == n_t and loss_weight(exs, 0.5) == n_t + 0.5 * n_p
     model.zero_grad()
