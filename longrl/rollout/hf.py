@@ -18,8 +18,14 @@ import contextlib
 import torch
 from transformers import DynamicCache
 
+from longrl.models.kernels import (
+    cache_kwargs,
+    install_shared_attention,
+    prepared_mask,
+    shared_prefix_unsupported_reason,
+    unwrap_peft,
+)
 from longrl.rollout.base import Completion
-from longrl.train.group_forward import install_shared_attention, shared_prefix_unsupported_reason, unwrap_peft
 
 
 def sample_next(logits_NV: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
@@ -58,7 +64,7 @@ def _inference(model):
 class GroupDecodeCache:
     """KV cache for G continuations of one prompt: the prompt's keys/values once, each row's own after.
 
-    Passed to the decoder both as ``past_key_values`` (``update`` stores the new token's keys/values)
+    Passed to the decoder both as its cache (``update`` stores the new token's keys/values)
     and as ``longrl_decode`` (the registered attention dispatcher calls :meth:`attention`). Call
     :meth:`advance` after each decode step.
     """
@@ -129,8 +135,8 @@ class HFGenerator:
         """Prefill once, then sample ``n`` rows until every row stopped or the budget ends."""
         p = len(prompt)
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=torch.tensor([prompt], device=self.device), past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True, logits_to_keep=1,
+                         **cache_kwargs(self.model, cache))
         step = self._decode_step(cache, n, max_new_tokens)
         logits_NV = out.logits[:, -1].expand(n, -1)
         stop_S = torch.tensor(self.stop_ids, device=self.device, dtype=torch.long)
@@ -154,17 +160,18 @@ class HFGenerator:
             prompt_cache.batch_repeat_interleave(n)
 
             def repeated(tok_N, pos_N1):
-                return self.model(input_ids=tok_N.unsqueeze(1), past_key_values=prompt_cache, position_ids=pos_N1,
-                                  use_cache=True).logits[:, -1]
+                return self.model(input_ids=tok_N.unsqueeze(1), position_ids=pos_N1, use_cache=True,
+                                  **cache_kwargs(self.model, prompt_cache)).logits[:, -1]
             return repeated
         install_shared_attention(base.config)
         cache = GroupDecodeCache([(layer.keys, layer.values) for layer in prompt_cache.layers], n, max_new_tokens)
         decoder, head = base.get_decoder(), base.get_output_embeddings()
+        mask = prepared_mask(self.device)
 
         def shared(tok_N, pos_N1):
-            hidden_N1H = decoder(input_ids=tok_N.unsqueeze(1), position_ids=pos_N1, past_key_values=cache,
-                                 attention_mask={"full_attention": None}, use_cache=True,
-                                 longrl_decode=cache).last_hidden_state
+            hidden_N1H = decoder(input_ids=tok_N.unsqueeze(1), position_ids=pos_N1, use_cache=True,
+                                 attention_mask=mask, longrl_decode=cache,
+                                 **cache_kwargs(decoder, cache)).last_hidden_state
             cache.advance()
             return head(hidden_N1H[:, -1])
         return shared

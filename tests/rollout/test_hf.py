@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from longrl.models import TINY_MODEL_TYPES, tiny_causal_lm
 from longrl.rollout.hf import HFGenerator, sample_next
 
 VOCAB = 1000
@@ -22,15 +22,17 @@ class StubTokenizer:
         return " ".join(f"t{i}" for i in ids if i not in special)
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=None, bos_token_id=None)
-    m = Qwen2ForCausalLM(cfg).float()
+def _tiny(model_type: str):
+    m = tiny_causal_lm(model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                       max_position_embeddings=256, tie_word_embeddings=False, eos_token_id=None, bos_token_id=None)
     m.generation_config.eos_token_id = None
-    return m
+    return m.eval()
+
+
+@pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
+def model(request):
+    """Every architecture the shared-prompt decode supports (the tests below run once per type)."""
+    return _tiny(request.param)
 
 
 PROMPTS = [[5, 17, 300, 42, 8, 9, 77, 123], [600, 601, 2]]
@@ -83,13 +85,15 @@ def test_tiny_top_p_is_greedy(model):
 
 def test_stops_at_eos_per_sequence_and_restores_train_mode(model):
     greedy = HFGenerator(model, StubTokenizer()).generate(PROMPTS[:1], n=1, max_new_tokens=6, temperature=0.0)
-    eos = greedy[0][0].token_ids[2]
+    ids = greedy[0][0].token_ids
+    k = next(i for i in range(2, len(ids)) if ids.index(ids[i]) == i)   # a token not seen earlier in the row
+    eos = ids[k]
     model.train()
     gen = HFGenerator(model, StubTokenizer(eos_token_id=eos))
     out = gen.generate(PROMPTS[:1], n=3, max_new_tokens=6, temperature=0.0)
     assert model.training
     for c in out[0]:
-        assert c.finish_reason == "stop" and c.token_ids == greedy[0][0].token_ids[:3]
+        assert c.finish_reason == "stop" and c.token_ids == ids[:k + 1]
         assert f"t{eos}" not in c.text.split()
     model.eval()
 

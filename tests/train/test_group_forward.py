@@ -6,19 +6,22 @@ import logging
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
+from longrl.models import TINY_MODEL_TYPES, tiny_causal_lm
+from longrl.models.kernels import SUPPORTED_MODEL_TYPES
 from longrl.train.group_forward import group_logprobs, shared_prefix_unsupported_reason
 
 VOCAB = 1000
 
 
-def _tiny_qwen(seed=0, tie=False):
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=tie)
-    return Qwen2ForCausalLM(cfg).float()
+def _tiny_qwen(seed=0, tie=False, model_type="qwen2"):
+    return tiny_causal_lm(model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                          max_position_embeddings=256, tie_word_embeddings=tie, seed=seed)
+
+
+def test_every_supported_architecture_is_built_here():
+    assert set(SUPPORTED_MODEL_TYPES) == set(TINY_MODEL_TYPES)
 
 
 def _group(seed=0, prompt_len=24, lengths=(6, 11, 1, 9)):
@@ -74,31 +77,35 @@ def _check_against_reference(model, prompt, completions, temperature=1.0, **kwar
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 @pytest.mark.parametrize("shared", [True, False])
-def test_matches_per_sequence_values_and_grads(shared):
-    model = _tiny_qwen()
+def test_matches_per_sequence_values_and_grads(shared, model_type):
+    model = _tiny_qwen(model_type=model_type)
     assert shared_prefix_unsupported_reason(model) is None
     prompt, completions = _group()
     _check_against_reference(model, prompt, completions, temperature=0.8, chunk=7, shared=shared)
 
 
-def test_tied_embeddings_and_single_token_prompt():
-    model = _tiny_qwen(seed=1, tie=True)
+@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
+def test_tied_embeddings_and_single_token_prompt(model_type):
+    model = _tiny_qwen(seed=1, tie=True, model_type=model_type)
     prompt, completions = _group(seed=1, prompt_len=1, lengths=(3, 5))
     _check_against_reference(model, prompt, completions)
 
 
-def test_gradient_checkpointing():
-    model = _tiny_qwen(seed=2)
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_gradient_checkpointing(model_type):
+    model = _tiny_qwen(seed=2, model_type=model_type)
     model.activation_checkpointing_enable()
     model.train()
     prompt, completions = _group(seed=2)
     _check_against_reference(model, prompt, completions)
 
 
-def test_peft_lora_grads_reach_adapters():
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_peft_lora_grads_reach_adapters(model_type):
     import peft
-    model = _tiny_qwen(seed=3)
+    model = _tiny_qwen(seed=3, model_type=model_type)
     lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                       init_lora_weights=False))
     prompt, completions = _group(seed=3)
@@ -125,6 +132,15 @@ def test_unsupported_architecture_falls_back_with_logged_reason(caplog):
     with caplog.at_level(logging.WARNING, logger="longrl.train.group_forward"):
         _check_against_reference(model, prompt, completions)
     assert any("naive path" in r.getMessage() for r in caplog.records)
+
+
+def test_sliding_window_mistral_falls_back():
+    model = _tiny_qwen(seed=5, model_type="mistral")
+    model.config.sliding_window = 8
+    reason = shared_prefix_unsupported_reason(model)
+    assert reason is not None and "sliding" in reason
+    prompt, completions = _group(seed=5, prompt_len=12, lengths=(3, 6))
+    _check_against_reference(model, prompt, completions)   # the naive path honours the window
 
 
 @pytest.mark.parametrize("shared", [True, False])

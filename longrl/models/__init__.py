@@ -81,21 +81,43 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     return fast
 
 
-def build_tiny_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                     num_kv_heads: int = 2, intermediate_size: int | None = None,
-                     max_position_embeddings: int = 32768, seed: int = 0):
-    """A randomly initialised Qwen2 causal LM sized for ``tokenizer``."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+TINY_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+"""Architectures :func:`tiny_causal_lm` builds (those the shared-prompt paths support)."""
 
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+
+def tiny_causal_lm(model_type: str = "qwen2", vocab_size: int = 1000, hidden_size: int = 64, num_layers: int = 2,
+                   num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int | None = None,
+                   max_position_embeddings: int = 32768, tie_word_embeddings: bool = True, seed: int = 0,
+                   **config_kwargs):
+    """A randomly initialised float32 causal LM of ``model_type`` (one of :data:`TINY_MODEL_TYPES`).
+
+    Mistral is built without a sliding window (as Mistral 7B v0.2 and later); ``config_kwargs`` go
+    to the config (token ids, for example)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_type not in TINY_MODEL_TYPES:
+        raise ValueError(f"model_type {model_type!r} is not one of {TINY_MODEL_TYPES}")
+    extra = {"sliding_window": None} if model_type == "mistral" else {}
+    config = AutoConfig.for_model(
+        model_type, vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        intermediate_size=intermediate_size or 4 * hidden_size,
-        max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        intermediate_size=intermediate_size or 4 * hidden_size, max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings, **extra, **config_kwargs,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config).float()
+
+
+def build_tiny_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                     num_kv_heads: int = 2, intermediate_size: int | None = None,
+                     max_position_embeddings: int = 32768, seed: int = 0, model_type: str = "qwen2"):
+    """A randomly initialised causal LM (Qwen2 by default) sized for ``tokenizer``, tied embeddings."""
+    model = tiny_causal_lm(
+        model_type, vocab_size=len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+        num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings, seed=seed,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -172,6 +194,8 @@ def load_policy(cfg: ModelConfig, trainable: bool = True):
         location, dtype=dtype, attn_implementation=cfg.attn_implementation,
         **extra, **_rope_kwargs(cfg, location, extra),
     ).to(device)
+    if extra.get("gguf_file"):
+        dequantized(model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if trainable and cfg.gradient_checkpointing:
@@ -180,6 +204,28 @@ def load_policy(cfg: ModelConfig, trainable: bool = True):
     if trainable and cfg.lora.enabled:
         model = _apply_lora(model, cfg)
     return model, tokenizer
+
+
+def dequantized(model):
+    """Make a model loaded from a GGUF file an ordinary one of its architecture, in place; returns it.
+
+    transformers de-quantises GGUF tensors into plain ``nn.Linear`` weights on load but keeps the
+    model marked as GGUF-quantized, which ``save_pretrained`` refuses ("not serializable"), so no
+    checkpoint could be written. Dropping the marks leaves exactly the loaded weights, saved as an
+    ordinary checkpoint (safetensors + config without ``quantization_config``)."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def export_gguf_as_hf_dir(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """De-quantise a GGUF checkpoint into a plain Hugging Face directory (model + tokenizer), for
+    ``transformers serve``, vLLM, or any tool that cannot read GGUF."""
+    model, tokenizer = load_policy(ModelConfig(path=str(gguf_path), device="cpu", dtype=dtype), trainable=False)
+    return save_pretrained_dir(model, tokenizer, out_dir)
 
 
 def _apply_lora(model, cfg: ModelConfig):
