@@ -24,7 +24,7 @@ from longrl.data.prompt import chat_prompt_text
 from longrl.data.records import DocQASample
 from longrl.data.tokens import count_prompt_tokens, load_tokenizer
 
-SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "docqa_samples"
+SHARED_SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "docqa_samples"
 CHARS_PER_TOKEN = 4
 """Rough English characters per Qwen token, used only to size the documents."""
 

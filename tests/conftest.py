@@ -16,7 +16,8 @@ import httpx
 import pytest
 import torch
 
-SHARED_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "docqa_samples"
+SHARED_SAMPLES = Path(__file__).resolve().parent / "fixtures" / "docqa_samples"
+"""Real LongBench and FRAMES records (see SOURCES.md there)."""
 
 TINY_CORPUS = [
     "Please read the following text and answer the question below.",
@@ -46,7 +47,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def shared_samples_dir() -> Path:
     if not SHARED_SAMPLES.is_dir():
-        pytest.fail(f"shared DocQA samples not found at {SHARED_SAMPLES}")
+        pytest.fail(f"DocQA sample fixtures not found at {SHARED_SAMPLES}")
     return SHARED_SAMPLES
 
 
