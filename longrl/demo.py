@@ -4,8 +4,8 @@ A tokenizer trained on synthetic DocQA texts and a small Qwen2 model built from 
 PATH``, a Hugging Face directory or a .gguf file) go through warm-up SFT and two curriculum RL phases
 of increasing document length (DAPO loss, dynamic sampling, overlong shaping, retrospective sampling),
 and are evaluated on held-out questions at every phase's document length after every stage. The run
-is the pipeline of :mod:`longrl.pipeline` on the embedded config below (``configs/demo_cpu.yaml`` is
-the same file), so Ctrl-C leaves a resumable run and re-running the command resumes it.
+is the pipeline of :mod:`longrl.pipeline` on the recipe ``longrl/recipes/demo_cpu.yaml`` (package data;
+``configs/demo_cpu.yaml`` links to it), so Ctrl-C leaves a resumable run and re-running the command resumes it.
 
 The report folder (``<out>/report``) holds ``summary.md`` (the table, wall times, the curriculum
 transition), ``plots/*.png`` (reward, accuracy, entropy, response length and filtered-group
@@ -20,116 +20,11 @@ import json
 import shutil
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-DEMO_CPU_YAML = """\
-# The `longrl demo` recipe: a from-scratch tiny policy on synthetic long-context DocQA, on 2 CPU cores.
-# Embedded in longrl/demo.py (DEMO_CPU_YAML); `longrl pipeline configs/demo_cpu.yaml` runs the same thing.
-seed: 0
-output_dir: runs/demo
-save_every: 10
-keep_checkpoints: 1
-model:
-  path: ""                  # empty: tokenizer + Qwen2 model built from scratch (pipeline.tiny)
-  dtype: float32
-  device: cpu
-pipeline:
-  threads: 2
-  eval_batch_size: 32
-  tiny: {vocab_size: 1200, hidden_size: 128, num_layers: 2, num_heads: 4, num_kv_heads: 2,
-         corpus_samples: 400, corpus_tokens: 256,
-         copy_pretrain: {steps: 800, batch_size: 16, lr: 1.0e-3},    # induction (copy) circuit
-         recall_pretrain: {steps: 400, batch_size: 16, lr: 1.0e-3, target_tokens: 64, documents: 4000}}  # fact lookup
-  synthetic:
-    enabled: true
-    families: [lookup, multihop, numeric, mcq]
-    sft: [{target_tokens: 64, n: 12000}]                        # warm-up SFT on short documents
-    train: [{target_tokens: 128, n: 2400}, {target_tokens: 256, n: 1600}]   # fresh prompts: RL draws ~1900 + ~1200
-    heldout: [{target_tokens: 128, n: 256}, {target_tokens: 256, n: 256}]
-sft:
-  steps: 400
-  batch_size: 16
-  heldout_fraction: 0.0
-  eval_every: 0
-  prompt_loss_weight: 0.5     # + next-token loss on the documents: a dense signal for a model from scratch
-  optim: {lr: 1.0e-3, weight_decay: 0.0, warmup_steps: 20, schedule: cosine}   # 3e-3: 15.2% after SFT, not 22.7% (docs/demo.md)
-rollout:
-  group_size: 8
-  temperature: 1.0
-  top_p: 1.0
-  max_new_tokens: 64          # gold reasoning + answer: at most 53 tokens
-reward:
-  overlong: {enabled: true, buffer_tokens: 8, penalty_factor: 1.0}
-algo:
-  advantage: grpo
-  clip_low: 0.2
-  clip_high: 0.28             # DAPO clip-higher
-  loss_agg: token-mean        # DAPO token-level loss
-  kl_coef: 0.0
-rl:
-  prompts_per_step: 16
-  micro_token_budget: 16384
-  optim: {lr: 1.0e-4, weight_decay: 0.0, warmup_steps: 0, schedule: constant, grad_clip: 1.0}
-  dynamic_sampling: {enabled: true, metric: acc, max_rounds: 3, on_cap: proceed}
-curriculum:
-  phases:
-    - {name: phase1, max_input_tokens: 240, steps: 120}       # ~128-token documents
-    - {name: phase2, max_input_tokens: 480, steps: 100}       # ~256-token documents
-  retrospective: {enabled: true, hard_threshold: 0.5, fraction: 0.25, cap: 64}
-eval:
-  k: 1
-  temperature: 0.7            # QwenLong-L1's evaluation sampling
-  top_p: 0.95
-  max_new_tokens: 64
-  max_input_tokens: 4096
-logging:
-  tensorboard: false
-  rollout_samples_every: 5
-  rollout_samples: 4
-"""
-
-DEMO_SMOLLM2_YAML = """\
-# `longrl demo --model .../SmolLM2-135M-Instruct.Q4_1.gguf`: the same recipe sized for a 135M pretrained model
-# (dequantised from GGUF to float32 on load). Token lengths are in SmolLM2 tokens.
-seed: 0
-output_dir: runs/demo_smollm2
-save_every: 5
-keep_checkpoints: 1
-model: {path: "", dtype: float32, device: cpu}
-pipeline:
-  threads: 2
-  eval_batch_size: 16
-  synthetic:
-    enabled: true
-    families: [lookup, multihop, numeric, mcq]
-    sft: [{target_tokens: 192, n: 256}]
-    train: [{target_tokens: 256, n: 128}, {target_tokens: 768, n: 64}]
-    heldout: [{target_tokens: 256, n: 64}, {target_tokens: 768, n: 64}]
-sft:
-  steps: 32
-  batch_size: 8
-  heldout_fraction: 0.0
-  eval_every: 0
-  optim: {lr: 2.0e-5, weight_decay: 0.0, warmup_steps: 4, schedule: cosine}
-rollout: {group_size: 4, temperature: 1.0, top_p: 1.0, max_new_tokens: 64}
-reward:
-  overlong: {enabled: true, buffer_tokens: 16, penalty_factor: 1.0}
-algo: {advantage: grpo, clip_low: 0.2, clip_high: 0.28, loss_agg: token-mean, kl_coef: 0.0}
-rl:
-  prompts_per_step: 4
-  optim: {lr: 2.0e-6, weight_decay: 0.0, schedule: constant, grad_clip: 1.0}
-  dynamic_sampling: {enabled: true, metric: acc, max_rounds: 2, on_cap: proceed}
-curriculum:
-  phases:
-    - {name: phase1, max_input_tokens: 450, steps: 8}
-    - {name: phase2, max_input_tokens: 1100, steps: 6}
-  retrospective: {enabled: true, hard_threshold: 0.5, fraction: 0.25, cap: 32}
-eval: {k: 1, temperature: 0.7, top_p: 0.95, max_new_tokens: 64, max_input_tokens: 4096}
-logging: {tensorboard: false, rollout_samples_every: 2, rollout_samples: 4}
-"""
 
 QUICK_OVERRIDES = [
     "pipeline.tiny.vocab_size=600", "pipeline.tiny.hidden_size=32", "pipeline.tiny.num_layers=2",
@@ -145,6 +40,12 @@ QUICK_OVERRIDES = [
     "save_every=1", "logging.rollout_samples_every=1",
 ]
 """``--quick``: the same stages at toy sizes (about a minute; what the tests run)."""
+
+
+def recipe(name: str) -> tuple[str, dict[str, Any]]:
+    """(source name, parsed YAML) of a recipe shipped as package data in ``longrl/recipes/``."""
+    text = resources.files("longrl.recipes").joinpath(f"{name}.yaml").read_text()
+    return f"longrl/recipes/{name}.yaml", yaml.safe_load(text) or {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,9 +68,9 @@ def demo_config(args: argparse.Namespace):
         source = args.config
         data = yaml.safe_load(Path(args.config).read_text()) or {}
     elif args.model.endswith(".gguf"):
-        source, data = "<embedded demo_smollm2>", yaml.safe_load(DEMO_SMOLLM2_YAML)
+        source, data = recipe("demo_smollm2")
     else:
-        source, data = "<embedded demo_cpu>", yaml.safe_load(DEMO_CPU_YAML)
+        source, data = recipe("demo_cpu")
     overrides = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
     overrides += [f"seed={args.seed}", f"output_dir={args.out}"]
     if args.model:

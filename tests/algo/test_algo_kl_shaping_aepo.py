@@ -18,10 +18,13 @@ def test_kl_estimators_hand_computed():
 
 
 def test_k3_clamps():
-    # log r = -100 is clamped to -20: exp(-20) + 20 - 1 = 19.0000 -> output clamp 10
-    # log r = +100 is clamped to +20: exp(20) - 21 -> output clamp 10
-    out = kl_estimate(torch.tensor([0.0, -100.0]), torch.tensor([-100.0, 0.0]), "k3")
-    assert torch.equal(out, torch.tensor([10.0, 10.0]))
+    # output clamp: log r = 5 gives exp(5) - 5 - 1 = 142.41 -> 10; log r = -1 gives e^-1 + 1 - 1 = 0.3679 (inside)
+    out = kl_estimate(torch.tensor([0.0, 0.0]), torch.tensor([5.0, -1.0]), "k3")
+    torch.testing.assert_close(out, torch.tensor([10.0, 0.36788]), atol=1e-5, rtol=0)
+    # log-ratio clamp: a token the policy gives probability 0 (log p = -inf) has log r = +inf; unclamped,
+    # exp(inf) - inf - 1 is NaN (inf - inf), which no output clamp removes; clamped to 20 it is 10
+    out = kl_estimate(torch.tensor([float("-inf")]), torch.tensor([-1.0]), "k3")
+    assert torch.equal(out, torch.tensor([10.0]))
     with pytest.raises(ValueError, match="unknown KL"):
         kl_estimate(out, out, "k4")
 

@@ -1,0 +1,1 @@
+"""Recipes shipped with the package (YAML configs read by `longrl demo`)."""
