@@ -357,7 +357,15 @@ class Pipeline:
 
     def run_init(self, m: dict[str, Any] | None) -> dict[str, Any]:
         d = stage_dir(self.cfg, STAGE_INIT)
-        if self.cfg.model.path:
+        if self.cfg.model.path.endswith(".gguf"):
+            # de-quantised once into an ordinary checkpoint that every later stage loads and saves
+            path = str(d / "final")
+            if not (d / "final" / "config.json").is_file() and self.accelerator.is_main_process:
+                from longrl.models import export_gguf_as_hf_dir
+
+                export_gguf_as_hf_dir(self.cfg.model.path, d / "final", dtype=self.cfg.model.dtype)
+            self.accelerator.wait_for_everyone()
+        elif self.cfg.model.path:
             path = self.cfg.model.path
         else:
             path = str(d / "final")
