@@ -712,6 +712,7 @@ def run(args: argparse.Namespace) -> int:
     """`longrl rl`: one RL stage over data.sources, written to <output_dir>/rl (resumable)."""
     from longrl.config import ConfigError, load_config
     from longrl.curriculum.phases import PhaseSampler
+    from longrl.curriculum.samplers import source_weights
     from longrl.models import load_policy
     from longrl.train.sft import default_accelerator, read_sources
 
@@ -719,9 +720,8 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.data.sources:
         raise ConfigError("data.sources", "no RL data: set data.sources", args.config)
     samples = read_sources(cfg.data.sources, cfg.data.on_error)
-    weights = {src.name or Path(src.path).stem: src.weight for src in cfg.data.sources}
     sampler = PhaseSampler(samples, batch_size=cfg.rl.prompts_per_step, seed=cfg.seed,
-                           weights_by_source=weights if len(set(weights.values())) > 1 else None,
+                           weights_by_source=source_weights(cfg.data.sources, samples, "data.sources"),
                            task_balanced=cfg.curriculum.task_balanced)
     accelerator = default_accelerator()
     model, tokenizer = load_policy(cfg.model)
