@@ -57,9 +57,9 @@ _POW10_RE = re.compile(r"(\d)\s*(?:×|x|\*|·)\s*10\s*\^\s*([-+]?\d{1,3})")
 _BARE_POW10_RE = re.compile(r"(?<![\d.])10\s*\^\s*([-+]?\d{1,3})")
 _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 _SIGN_BEFORE_CURRENCY_RE = re.compile(r"-\s*([$£€¥₹])")
-_LATEX_SUBS = ((r"\%", "%"), (r"\$", "$"), (r"\times", "×"), (r"\cdot", "×"), (r"\approx", "≈"), (r"\,", ""))
+_LATEX_SUBS = ((r"^{\circ}", "°"), (r"^\circ", "°"), (r"\%", "%"), (r"\$", "$"), (r"\times", "×"), (r"\cdot", "×"), (r"\approx", "≈"), (r"\,", ""))
 _DASHES = str.maketrans({"−": "-", "–": "-", "—": "-", "‒": "-", "⁄": "/", "∕": "/"})
-_LEFTOVER_RE = re.compile(r"[a-z\s$£€¥₹%.,~:'/-]*")
+_LEFTOVER_RE = re.compile(r"[a-z\s$£€¥₹%°.,~:'/-]*")
 _SCALE_WORDS = {"thousand": 1e3, "thousands": 1e3, "k": 1e3, "million": 1e6, "millions": 1e6, "mn": 1e6,
                 "billion": 1e9, "billions": 1e9, "bn": 1e9, "trillion": 1e12, "trillions": 1e12, "tn": 1e12}
 _NEGATION_WORDS = frozenset({"not", "no", "never", "nor", "neither", "none", "cannot", "unknown"})
