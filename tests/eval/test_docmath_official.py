@@ -93,3 +93,14 @@ def test_safe_arith_eval_grammar_and_bounds():
 def test_long_prediction_is_refused_not_evaluated():
     assert safe_arith_eval("1+" * 600 + "1") is None
     assert not docmath_eval_acc("1 + " * 2000 + "1", 2001.0)
+
+
+def test_fixture_inputs_are_what_generate_py_builds():
+    """The committed inputs are regenerable: generate.py's vocabulary yields exactly them, in order (the
+    official outputs need DocMath-Eval itself; see SOURCES.md for the command)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docmath_generate", FIXTURE.parent / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.build_cases() == [(c["pred"], c["gold"]) for c in CASES]
