@@ -250,9 +250,15 @@ class AlgoConfig:
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
     entropy_mask_threshold: float = 0.0
-    """AEPO: mask negative-advantage tokens whose entropy exceeds this (0 = off)."""
-    entropy_mask_level: Literal["token", "sequence"] = "token"
-    """AEPO masking granularity."""
+    """AEPO token/sequence variants: mask negative-advantage tokens whose entropy exceeds this (0 = off)."""
+    entropy_mask_level: Literal["token", "sequence", "batch"] = "token"
+    """AEPO granularity; "batch" is the published rule with the entropy_low/entropy_high band."""
+    entropy_low: float = 0.0
+    """AEPO batch mode: once dropping, keep dropping negative-advantage samples until the batch's mean
+    token entropy falls below this."""
+    entropy_high: float = 0.0
+    """AEPO batch mode: start dropping negative-advantage samples when the batch's mean token entropy
+    exceeds this (0 = off)."""
 
     def check(self) -> None:
         _require(0 <= self.clip_low < 1, "clip_low", "must be in [0, 1)")
@@ -262,6 +268,16 @@ class AlgoConfig:
         _require(self.ratio_cap == 0 or self.ratio_cap > 1, "ratio_cap", "must be 0 (off) or > 1")
         _require(self.kl_coef >= 0, "kl_coef", "must be >= 0")
         _require(self.eps > 0, "eps", "must be > 0")
+        _require(self.entropy_high >= 0, "entropy_high", "must be >= 0 (0 = off)")
+        if self.entropy_mask_level == "batch":
+            _require(self.entropy_high > 0, "entropy_high", "batch mode needs entropy_high > 0 (its upper bound)")
+            _require(self.entropy_mask_threshold == 0, "entropy_high",
+                     "batch mode uses entropy_low/entropy_high; set entropy_mask_threshold=0")
+        else:
+            _require(self.entropy_high == 0, "entropy_high",
+                     "the entropy_low/entropy_high band is the batch rule: set entropy_mask_level=batch")
+        _require(0 <= self.entropy_low <= max(self.entropy_high, 0), "entropy_low",
+                 f"must be in [0, entropy_high={self.entropy_high}]")
 
 
 @dataclass

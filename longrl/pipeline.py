@@ -52,10 +52,14 @@ class PipelineData:
     rl: list[DocQASample]
     heldout: dict[str, list[DocQASample]] = field(default_factory=dict)
     """Held-out sets by label (e.g. ``"256"``: documents of 256 tokens)."""
+    phases: dict[int, list[DocQASample]] = field(default_factory=dict)
+    """RL samples of the curriculum phases that name their own ``sources``, by phase index."""
+    phase_names: dict[int, str] = field(default_factory=dict)
 
     def hashes(self) -> dict[str, str]:
         out = {"sft": samples_hash(self.sft), "rl": samples_hash(self.rl)}
         out.update({f"heldout/{k}": samples_hash(v) for k, v in self.heldout.items()})
+        out.update({f"phase/{self.phase_names.get(k, k)}": samples_hash(v) for k, v in self.phases.items()})
         return out
 
 
@@ -214,7 +218,17 @@ def synthetic_data(cfg: Config, tokenizer) -> PipelineData:
 
     heldout = {str(st.target_tokens): generate(st.n, st.target_tokens, cfg.seed, syn.families, "heldout", count)
                for st in syn.heldout}
-    return PipelineData(sft=make(syn.sft, "sft"), rl=make(syn.train, "train"), heldout=heldout)
+    return PipelineData(sft=make(syn.sft, "sft"), rl=make(syn.train, "train"), heldout=heldout,
+                        **phase_data(cfg))
+
+
+def phase_data(cfg: Config) -> dict[str, dict]:
+    """The samples of ``curriculum.phases[k].sources`` by phase index, and those phases' names."""
+    from longrl.train.sft import read_sources
+
+    phases = {k: read_sources(ph.sources, cfg.data.on_error) for k, ph in enumerate(cfg.curriculum.phases)
+              if ph.sources}
+    return {"phases": phases, "phase_names": {k: phase_names(cfg)[k] for k in phases}}
 
 
 def file_data(cfg: Config) -> PipelineData:
@@ -224,7 +238,7 @@ def file_data(cfg: Config) -> PipelineData:
         raise ConfigError("data.sources", "no RL data: set data.sources or pipeline.synthetic.enabled")
     rl = read_sources(cfg.data.sources, cfg.data.on_error)
     sft = read_sources(cfg.sft.sources, cfg.data.on_error) if cfg.sft.sources else list(rl)
-    return PipelineData(sft=sft, rl=rl)
+    return PipelineData(sft=sft, rl=rl, **phase_data(cfg))
 
 
 def load_data(cfg: Config, tokenizer) -> PipelineData:
@@ -232,16 +246,21 @@ def load_data(cfg: Config, tokenizer) -> PipelineData:
     from longrl.data.tokens import count_prompt_tokens
 
     data = synthetic_data(cfg, tokenizer) if cfg.pipeline.synthetic.enabled else file_data(cfg)
-    for samples in (data.sft, data.rl, *data.heldout.values()):
+    for samples in (data.sft, data.rl, *data.heldout.values(), *data.phases.values()):
         if samples:
             count_prompt_tokens(samples, tokenizer, workers=1, cache_dir=cfg.data.cache_dir)
     if cfg.data.max_input_tokens:
-        before = len(data.rl)
-        data.rl = [s for s in data.rl if s.n_tokens <= cfg.data.max_input_tokens]
-        if len(data.rl) < before:
-            log.info("dropped %d RL samples over data.max_input_tokens=%d", before - len(data.rl),
-                     cfg.data.max_input_tokens)
+        data.rl = _drop_long(data.rl, cfg.data.max_input_tokens, "RL samples")
+        data.phases = {k: _drop_long(v, cfg.data.max_input_tokens, f"samples of phase {data.phase_names[k]}")
+                       for k, v in data.phases.items()}
     return data
+
+
+def _drop_long(samples: list[DocQASample], limit: int, what: str) -> list[DocQASample]:
+    kept = [s for s in samples if s.n_tokens <= limit]
+    if len(kept) < len(samples):
+        log.info("dropped %d %s over data.max_input_tokens=%d", len(samples) - len(kept), what, limit)
+    return kept
 
 
 def write_data(data: PipelineData, out: Path) -> None:
@@ -444,7 +463,8 @@ class Pipeline:
 
         c = self.cfg
         sampler = CurriculumSampler.from_config(self.data.rl, c.curriculum, c.rl.prompts_per_step, c.seed,
-                                                default_output_tokens=c.rollout.max_new_tokens)
+                                                default_output_tokens=c.rollout.max_new_tokens,
+                                                data_sources=c.data.sources, phase_samples=self.data.phases)
         if phase == 0:
             return sampler, {}
         prev = stage_dir(c, phase_names(c)[phase - 1]) / CURRICULUM_END

@@ -19,9 +19,17 @@ its control band, every non-positive-advantage sample is removed from the update
   ``batch_entropy`` passed in, e.g. the mini-batch value when working on one micro-batch) exceeds
   ``threshold`` -- the paper's form with a single upper bound.
 
-``token`` and ``sequence`` (the values of ``AlgoConfig.entropy_mask_level``) are finer-grained
-variants of the paper's batch-level rule, not the paper's exact algorithm. The hysteresis band of the
-released code (a lower bound below which negatives are re-enabled) is the caller's state, not here.
+``token`` and ``sequence`` are finer-grained variants of the paper's batch-level rule, not the paper's
+exact algorithm.
+
+The published rule (``AlgoConfig.entropy_mask_level = "batch"`` with ``entropy_low`` / ``entropy_high``)
+adds a hysteresis band, a state the authors confirmed in Tongyi-Zhiwen/Qwen-Doc issue #16: while the
+batch's mean token entropy is above ``high``, every negative-advantage sample is dropped from the update;
+dropping continues until the entropy falls below ``low``; then all samples train again. Inside the band
+the previous state holds. :class:`AEPOState` keeps that state (``state_dict`` / ``load_state_dict``, saved
+in the RL checkpoint), :func:`hysteresis_active` is the transition and :func:`drop_negative_samples` the
+mask while active. The trainer measures the entropy with the old policy over every response token of the
+step's batch, before the first update.
 
 Interaction with token-mean
 ---------------------------
@@ -74,3 +82,45 @@ def entropy_negative_mask(
     if mask_BT.dtype == torch.bool:
         return mask_BT & ~drop_BT
     return mask_BT * (~drop_BT).to(mask_BT.dtype)
+
+
+def hysteresis_active(active: bool, entropy: float, low: float, high: float) -> bool:
+    """The AEPO state after seeing ``entropy``: on above ``high``, off below ``low``, unchanged in between."""
+    if entropy > high:
+        return True
+    if entropy < low:
+        return False
+    return active
+
+
+def batch_mean_entropy(entropy_sum: float, n_tokens: int) -> float:
+    """Mean token entropy of a batch from its sum over active tokens and their count (0 for no tokens)."""
+    return entropy_sum / n_tokens if n_tokens > 0 else 0.0
+
+
+def drop_negative_samples(adv_B: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(mask without the negative-advantage rows, fraction of rows dropped); the input is not modified."""
+    negative_B = adv_B.detach().reshape(-1) < 0
+    keep_BT = (~negative_B)[:, None].expand_as(mask_BT)
+    out = mask_BT & keep_BT if mask_BT.dtype == torch.bool else mask_BT * keep_BT.to(mask_BT.dtype)
+    return out, float(negative_B.float().mean()) if negative_B.numel() else 0.0
+
+
+class AEPOState:
+    """The batch-level AEPO switch with its hysteresis band; see the module docstring."""
+
+    def __init__(self, low: float, high: float, active: bool = False):
+        if not 0 <= low <= high:
+            raise ValueError(f"AEPO band needs 0 <= low <= high, got low={low}, high={high}")
+        self.low, self.high, self.active = low, high, active
+
+    def update(self, entropy: float) -> bool:
+        """Move the state with this step's batch entropy; returns whether negatives are dropped now."""
+        self.active = hysteresis_active(self.active, entropy, self.low, self.high)
+        return self.active
+
+    def state_dict(self) -> dict[str, bool]:
+        return {"active": self.active}
+
+    def load_state_dict(self, state: dict[str, bool]) -> None:
+        self.active = bool(state["active"])

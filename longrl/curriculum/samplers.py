@@ -7,12 +7,12 @@ scoring, ``advance()`` at a phase boundary, and one JSON-serialisable ``state_di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longrl.config import CurriculumConfig
+from longrl.config import ConfigError, CurriculumConfig, SourceConfig
 from longrl.curriculum.phases import PhaseSampler, phase_bounds, samples_for_phase
 from longrl.curriculum.retro import MixedSampler, RetrospectivePool
 from longrl.data.records import DocQASample
@@ -30,20 +30,58 @@ class PhaseSpec:
     """Mixture weights by source (None = equal)."""
     name: str = ""
     """Used in error messages and logs."""
+    samples: list[DocQASample] | None = None
+    """The phase's own samples (read from ``curriculum.phases[k].sources``); None = the shared samples."""
 
 
-def phase_specs(cfg: CurriculumConfig, samples: Sequence[DocQASample], default_output_tokens: int = 0,
-                default_weights: dict[str, float] | None = None) -> list[PhaseSpec]:
-    """Phase specs from the config; no phases = one phase covering every sample."""
+def source_name(src: SourceConfig) -> str:
+    """The name a source's weight is looked up by: ``name``, else the file stem."""
+    return src.name or Path(src.path).stem
+
+
+def source_weights(sources: Sequence[SourceConfig], samples: Sequence[DocQASample], where: str,
+                   ) -> dict[str, float] | None:
+    """Mixture weights by source name; None when every weight is equal (uniform mixing).
+
+    With unequal weights every source name among ``samples`` must have a weight, else a ConfigError at
+    ``where`` (a reader may name samples by their records, e.g. verl ``data_source``: set ``name``).
+    """
+    weights = {source_name(src): float(src.weight) for src in sources}
+    if len(set(weights.values())) <= 1:
+        return None
+    unweighted = sorted({s.source for s in samples} - set(weights))
+    if unweighted:
+        raise ConfigError(where, f"samples carry source names {unweighted} that no weight is given for "
+                                 f"(weights by name: {weights}); set each source's name to the name its samples carry")
+    return weights
+
+
+def resolve_phases(cfg: CurriculumConfig, data_sources: Sequence[SourceConfig], samples: Sequence[DocQASample],
+                   default_output_tokens: int = 0,
+                   phase_samples: Mapping[int, Sequence[DocQASample]] | None = None) -> list[PhaseSpec]:
+    """THE resolution of every phase setting: length range, output budget, samples and source weights.
+
+    A phase without ``sources`` draws from ``samples`` (read from ``data.sources``) with the weights of
+    ``data.sources``; a phase with ``sources`` draws from ``phase_samples[k]`` (those files, read and
+    token-counted by the caller, e.g. ``longrl.pipeline.load_data``) with their weights. No phases = one
+    phase covering every sample.
+    """
+    phase_samples = phase_samples or {}
+    default_weights = source_weights(data_sources, samples, "data.sources")
     if not cfg.phases:
         longest = max((s.n_tokens for s in samples), default=1)
         return [PhaseSpec(max(1, longest), default_output_tokens, default_weights, "all")]
     specs = []
-    for i, ph in enumerate(cfg.phases):
-        weights = ({src.name or Path(src.path).stem: src.weight for src in ph.sources}
-                   if ph.sources else default_weights)
-        specs.append(PhaseSpec(ph.max_input_tokens, ph.max_output_tokens or default_output_tokens,
-                               weights, ph.name or f"phase{i + 1}"))
+    for k, ph in enumerate(cfg.phases):
+        own, weights = None, default_weights
+        if ph.sources:
+            if k not in phase_samples:
+                raise ConfigError(f"curriculum.phases[{k}].sources",
+                                  "these files were not read: pass their samples as phase_samples[k]")
+            own = list(phase_samples[k])
+            weights = source_weights(ph.sources, own, f"curriculum.phases[{k}].sources")
+        specs.append(PhaseSpec(ph.max_input_tokens, ph.max_output_tokens or default_output_tokens, weights,
+                               ph.name or f"phase{k + 1}", own))
     return specs
 
 
@@ -67,15 +105,17 @@ class CurriculumSampler:
 
     @classmethod
     def from_config(cls, samples: Sequence[DocQASample], cfg: CurriculumConfig, batch_size: int, seed: int,
-                    default_output_tokens: int = 0,
-                    default_weights: dict[str, float] | None = None) -> CurriculumSampler:
+                    default_output_tokens: int = 0, data_sources: Sequence[SourceConfig] = (),
+                    phase_samples: Mapping[int, Sequence[DocQASample]] | None = None) -> CurriculumSampler:
+        """The sampler for ``cfg``'s phases as :func:`resolve_phases` resolves them."""
         r = cfg.retrospective
-        return cls(samples, phase_specs(cfg, samples, default_output_tokens, default_weights), batch_size,
-                   seed, cfg.task_balanced, r.enabled, r.fraction, r.hard_threshold, r.cap)
+        specs = resolve_phases(cfg, data_sources, samples, default_output_tokens, phase_samples)
+        return cls(samples, specs, batch_size, seed, cfg.task_balanced, r.enabled, r.fraction, r.hard_threshold, r.cap)
 
     def _build(self, k: int) -> MixedSampler:
         lo, hi = self.bounds[k]
-        fresh = samples_for_phase(self.samples, lo, hi)
+        own = self.phases[k].samples
+        fresh = samples_for_phase(self.samples if own is None else own, lo, hi)
         if not fresh:
             raise ValueError(f"phase {self.phases[k].name or k!r} has no samples with n_tokens in ({lo}, {hi}]")
         ps = PhaseSampler(fresh, self.batch_size, self.seed * 1000 + k, self.phases[k].weights_by_source,
@@ -118,6 +158,6 @@ class CurriculumSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase, self.global_step = int(state["phase"]), int(state["global_step"])
-        self.pool.load_state_dict(state["pool"], self.samples)
+        self.pool.load_state_dict(state["pool"], self.samples + [s for p in self.phases for s in p.samples or ()])
         self.sampler = self._build(self.phase)
         self.sampler.load_state_dict(state["sampler"])

@@ -58,12 +58,30 @@ def extract_qa_answer(response: str) -> str | None:
 
 
 _DOCMATH_ANSWER = re.compile(r"the answer is (=?≈?`?%?\$?°?£?€?¥?-?[0-9.,]+)", re.IGNORECASE)
+_DOCMATH_CLAUSE = re.compile(r"the answer is:?[ \t]*([^\n]{1,200})", re.IGNORECASE)
 
 
 def extract_docmath_answer(response: str) -> str | None:
-    """First "the answer is <number>" (case-insensitive, parentheses and '*' removed), commas dropped."""
-    text = answer_region(response).replace("*", "").replace("(", "").replace(")", "")
-    m = _DOCMATH_ANSWER.search(text)
+    """The answer clause after the first "the answer is" (case-insensitive, '*' removed, up to the end of
+    its sentence), as DocMath-Eval's extractor would hand it to ``get_acc``.
+
+    DocMath-Eval asks an LLM for "a numeric value without any additional words"; here the clause is kept
+    when DocMath-Eval's normalisation reads a number from it ("USD 12.5", "x = 12.5", "25/2"), else the one
+    number :func:`~longrl.rewards.numeric.parse_number` reads from it ("12.5 units of stock" -> "12.5"),
+    else QwenLong-L1's regex (first "the answer is <number>", parentheses and commas removed).
+    """
+    from longrl.rewards.numeric import docmath_normalize, parse_number
+
+    text = answer_region(response).replace("*", "")
+    m = _DOCMATH_CLAUSE.search(text)
+    if m:
+        clause = re.split(r"\.(?:\s|$)", m.group(1).strip(), maxsplit=1)[0].strip()
+        if clause and docmath_normalize(clause) is not None:
+            return clause
+        value = parse_number(clause) if clause else None
+        if value is not None:
+            return repr(value)
+    m = _DOCMATH_ANSWER.search(text.replace("(", "").replace(")", ""))
     if not m:
         return None
     return m.group(1).replace(",", "").rstrip(".") or None

@@ -5,7 +5,9 @@ LAST ``</think>``; the answer is what follows the LAST answer marker in it ("the
 "the final answer is", "the correct answer is", case-insensitive, optional colon), cut at the first
 blank line, with markdown emphasis, a ``\\boxed{}`` wrapper, a pair of wrapping quotes or brackets
 (the template's "(insert answer here)" echoed literally) and trailing punctuation removed. When the
-final text has no marker, the content of its last ``\\boxed{...}`` is used.
+final text has no marker, the content of its last ``\\boxed{...}`` is used. LaTeX the models wrap
+answers in is removed too: math delimiters (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``),
+``\\text{}``-style wrappers inside a box, and degree signs (``^\\circ`` -> ``°``).
 
 Model output is untrusted: nothing here raises on a string, and the work is linear in its length.
 """
@@ -21,7 +23,10 @@ MAX_UNWRAP = 4
 """Wrapper layers removed at most (e.g. **"(Paris)"**); bounds the work on adversarial nesting."""
 
 _MARKER_RE = re.compile(r"\bthe\s+(?:final\s+|correct\s+)?answer\s+is\b\s*:?", re.IGNORECASE)
-_BOXED_RE = re.compile(r"\\boxed\s*\{([^{}]*)\}")
+_BOXED_RE = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")  # one level of nested braces
+_LATEX_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_DEGREE_RE = re.compile(r"\s*\^\s*\{?\s*\\circ\s*\}?")
+_MATH_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _TRAILING_SPECIAL_RE = re.compile(r"(?:\s*<\|[^|<>]{1,40}\|>)+\s*$")  # after NFKC, "<｜end▁of▁sentence｜>" has ASCII bars
 _EMPHASIS_RE = re.compile(r"\*\*|__|`")
 _WRAP_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "(": ")", "*": "*", "_": "_"}
@@ -55,18 +60,29 @@ def clean_text(text: str) -> str:
 
 
 def _unwrap(text: str) -> str:
-    """Remove wrapping quote/bracket/emphasis pairs and trailing punctuation, up to MAX_UNWRAP times."""
+    """Remove wrapping quote/bracket/emphasis/math-delimiter pairs and trailing punctuation, up to MAX_UNWRAP times."""
     for _ in range(MAX_UNWRAP):
         before = text
         text = text.strip().rstrip(_TRAILING_PUNCT).strip()
         boxed = _BOXED_RE.fullmatch(text)
         if boxed:
             text = boxed.group(1)
+        elif (delims := _math_delims(text)) is not None:
+            text = text[len(delims[0]):-len(delims[1])]
         elif len(text) >= 2 and _WRAP_PAIRS.get(text[0]) == text[-1] and _balanced_inside(text):
             text = text[1:-1]
         if text == before:
             break
-    return text
+    return _DEGREE_RE.sub("°", _LATEX_TEXT_RE.sub(r"\1", text))
+
+
+def _math_delims(text: str) -> tuple[str, str] | None:
+    """The LaTeX math delimiters wrapping the whole text ("$x$", "\\(x\\)", ...), if any."""
+    for opener, closer in _MATH_DELIMS:
+        inner = text[len(opener):-len(closer)] if len(text) > len(opener) + len(closer) else ""
+        if text.startswith(opener) and text.endswith(closer) and inner.strip() and opener not in inner:
+            return opener, closer
+    return None
 
 
 def _balanced_inside(text: str) -> bool:

@@ -22,28 +22,25 @@ modes below treat x100 as equivalent.
 Kept from DocMath-Eval: 0.15% relative tolerance against the gold (against the larger value for
 scaled comparisons) and equality after rounding both absolute values UP to 3 decimals.
 
-``numeric_match(pred, gold, mode="eval")`` reproduces DocMath-Eval's ``get_acc(pred, gt)`` with its
-``normalize`` and ``compare_two_numbers`` (3-decimal rounding, ``log10(v1 / v2)``), for benchmark
-reporting — including its quirks: sign-blind, any power-of-ten ratio matches, and a prediction that
-does not evaluate counts as 0 (so it matches a gold of 0). A None or empty prediction is no match,
-as in QwenLong-L1's ``eval/docmath.py``. Differences from the official code:
+``numeric_match(pred, gold, mode="eval")`` reproduces DocMath-Eval's scoring of one extracted answer
+(``evaluation.py``: 0 when "none" is in it, else ``get_acc(pred, float(gold))`` with its ``normalize``
+and ``compare_two_numbers``: 3-decimal rounding, ``log10(v1 / v2)``), for benchmark reporting, including
+its quirks: sign-blind, any power-of-ten ratio matches. Agreement with the official code is measured on
+``tests/fixtures/docmath_official`` (docs/eval.md). Deliberate differences:
 
-- ``eval()`` is replaced by a safe evaluator of Python literals and arithmetic (+ - * / // % ** ^,
-  unary signs, tuples/lists/sets); anything else (names, calls, attributes, ...) counts as a failed
-  ``eval`` (0), where the official code would execute it (``math.sqrt(4)`` would give 2.0);
-  ``10^n`` becomes ``10.0 ** n`` rather than ``math.pow(10, n)`` (the same value);
-- integer powers/products beyond 4096 bits and predictions over 1,000 characters count as a failed
-  ``eval`` (0) instead of hanging or exhausting memory;
-- the gold, when given as text, goes through the same ``normalize`` (as QwenLong-L1's evaluation
-  does); QwenLong-L1 rounds to 2 decimals and its training reward uses ``log10(v1) - log10(v2)``,
-  whereas this follows DocMath-Eval (3 decimals, ``log10(v1 / v2)``).
+- ``eval()`` is replaced by :func:`safe_arith_eval` (numbers, ``10^k``, unary signs, ``+ - * /``,
+  parentheses; at most 200 tokens, 16 levels, 1,000 characters); names, calls, ``**``, ``//``, ``%``,
+  ``^`` (XOR), strings and ``1_000`` are not evaluated, so ``abs(-12.5)`` or ``2**3`` earn nothing;
+- text that does not evaluate (garbage, an empty answer, ``1 / 0``) matches nothing, where the official
+  code turns it into 0 and so credits it against a gold of 0;
+- ``yes``/``true``/``True`` and ``no``/``false``/``False`` are not numbers (officially True == 1 and
+  False == 0 are credited);
+- comma tuples (``1,00`` -> (1, 0)) are not numbers; the official code also gives them 0.
 """
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import re
 
 from longrl.rewards.extract import clean_text
@@ -60,9 +57,9 @@ _POW10_RE = re.compile(r"(\d)\s*(?:×|x|\*|·)\s*10\s*\^\s*([-+]?\d{1,3})")
 _BARE_POW10_RE = re.compile(r"(?<![\d.])10\s*\^\s*([-+]?\d{1,3})")
 _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 _SIGN_BEFORE_CURRENCY_RE = re.compile(r"-\s*([$£€¥₹])")
-_LATEX_SUBS = ((r"\%", "%"), (r"\$", "$"), (r"\times", "×"), (r"\cdot", "×"), (r"\approx", "≈"), (r"\,", ""))
+_LATEX_SUBS = ((r"^{\circ}", "°"), (r"^\circ", "°"), (r"\%", "%"), (r"\$", "$"), (r"\times", "×"), (r"\cdot", "×"), (r"\approx", "≈"), (r"\,", ""))
 _DASHES = str.maketrans({"−": "-", "–": "-", "—": "-", "‒": "-", "⁄": "/", "∕": "/"})
-_LEFTOVER_RE = re.compile(r"[a-z\s$£€¥₹%.,~:'/-]*")
+_LEFTOVER_RE = re.compile(r"[a-z\s$£€¥₹%°.,~:'/-]*")
 _SCALE_WORDS = {"thousand": 1e3, "thousands": 1e3, "k": 1e3, "million": 1e6, "millions": 1e6, "mn": 1e6,
                 "billion": 1e9, "billions": 1e9, "bn": 1e9, "trillion": 1e12, "trillions": 1e12, "tn": 1e12}
 _NEGATION_WORDS = frozenset({"not", "no", "never", "nor", "neither", "none", "cannot", "unknown"})
@@ -173,11 +170,8 @@ def numeric_match(pred: str | float | None, gold: str | float, mode: str = "trai
 # DocMath-Eval reproduction (mode="eval")
 # --------------------------------------------------------------------------------------------------
 
-_NOT_A_NUMBER = object()
-"""Stands for an evaluated value that DocMath-Eval's compare_two_numbers rejects (str, list, tuple...)."""
 _MAX_EVAL_TEXT = 1000
-"""Longer text counts as a failed eval: the official unit patterns backtrack quadratically."""
-_MAX_INT_BITS = 4096
+"""Longer text is not read (the official unit patterns backtrack quadratically)."""
 _OFFICIAL_DROP = ("£", "€", "¥", "million", "billion", "thousand", "US", "USD", "RMB")
 _NUMBER_TOKEN = r"[-+]?(?:[\d,]*\.*\d+)"
 _UNIT_PATTERNS = (
@@ -220,89 +214,137 @@ def _official_words(s: str) -> str:
 
 
 def _official_expression(s: str) -> str:
-    """DocMath-Eval normalize, final stage: powers of ten, 'x' products, commas, options, empty -> '0'."""
-    s = re.sub(r"10\^(-?\d+)", r"(10.0 ** \1)", s)
+    """DocMath-Eval normalize, final stage: 'x'/'×' products, commas of a plain number, options.
+
+    ``10^k`` stays as written (the official code rewrites it to ``math.pow(10, k)``; the evaluator
+    below reads it directly).
+    """
     s = s.replace(" x ", "*").replace(" × ", "*")
     if _OFFICIAL_IS_NUMBER.match(s):
         s = s.replace(",", "")
     option = re.search(r"\([a-d]\)", s)
     if option:
         s = '"' + option.group(0) + '"'
-    return s or "0"
+    return s
 
 
-def _official_normalize(text: str) -> object:
-    """What DocMath-Eval's normalize returns for text: int/float/bool, or _NOT_A_NUMBER, or None."""
-    if len(text) > _MAX_EVAL_TEXT:
-        return 0
-    expr = _official_expression(_official_words(_official_strip(text)))
-    value = safe_literal_eval(expr)
-    if isinstance(value, complex):
-        return value.real
-    return value
+def docmath_normalize(text: str) -> float | None:
+    """The number DocMath-Eval's ``normalize`` would compute from text, or None (see module docstring).
 
-
-_BIN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-            ast.BitXor: operator.xor}
-_UNARY_OPS = {ast.USub: operator.neg, ast.UAdd: operator.pos}
-
-
-class _EvalFailed(Exception):
-    """The expression is one the safe evaluator will not compute."""
-
-
-def _eval_node(node: ast.AST) -> object:
-    if isinstance(node, ast.Constant):
-        return node.value if isinstance(node.value, int | float | complex | bool | str) or node.value is None \
-            else _NOT_A_NUMBER
-    if isinstance(node, ast.Tuple | ast.List | ast.Set):
-        for element in node.elts:
-            _eval_node(element)
-        return _NOT_A_NUMBER
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
-        return _UNARY_OPS[type(node.op)](_number(_eval_node(node.operand)))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
-        left, right = _number(_eval_node(node.left)), _number(_eval_node(node.right))
-        _check_size(node.op, left, right)
-        return _BIN_OPS[type(node.op)](left, right)
-    raise _EvalFailed(type(node).__name__)
-
-
-def _number(value: object) -> int | float | complex:
-    if isinstance(value, int | float | complex):
-        return value
-    raise _EvalFailed("arithmetic on a non-number")
-
-
-def _check_size(op: ast.operator, left: object, right: object) -> None:
-    """Refuse integer powers/products whose result would exceed _MAX_INT_BITS bits."""
-    if not (isinstance(left, int) and isinstance(right, int)):
-        return
-    if isinstance(op, ast.Pow) and right > 0 and right * max(abs(left), 1).bit_length() > _MAX_INT_BITS:
-        raise _EvalFailed("power too large")
-    if isinstance(op, ast.Mult) and abs(left).bit_length() + abs(right).bit_length() > _MAX_INT_BITS:
-        raise _EvalFailed("product too large")
-
-
-def safe_literal_eval(expr: str) -> object:
-    """Evaluate a literal/arithmetic expression like Python's eval would, without executing anything.
-
-    Returns the number/bool/str/None; _NOT_A_NUMBER for tuples, lists and sets; and 0 when the
-    expression does not parse or is not pure literal arithmetic (DocMath-Eval's failed-eval value).
+    None where the official code gets a boolean, a string, a list/tuple, or a failed ``eval`` (which it
+    turns into 0), and where the text needs Python beyond the arithmetic of :func:`safe_arith_eval`.
     """
-    if len(expr) > _MAX_EVAL_TEXT:
-        return 0
+    if not isinstance(text, str) or len(text) > _MAX_EVAL_TEXT:
+        return None
+    s = _official_words(_official_strip(text))
+    if s in ("True", "False"):
+        return None
+    return safe_arith_eval(_official_expression(s))
+
+
+_ARITH_TOKEN = re.compile(r"\s*(?:(?P<pow>10\^(?P<k>-?\d+))|(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+                          r"|(?P<op>[-+*/()]))")
+_BAD_INT_LITERAL = re.compile(r"0+[1-9]\d*")
+_MAX_ARITH_TOKENS = 200
+_MAX_ARITH_DEPTH = 16
+
+
+def _arith_tokens(expr: str) -> list[tuple[str, float | str]] | None:
+    """('n', value) and ('op', char) tokens, or None for anything outside the grammar."""
+    tokens, pos, end = [], 0, len(expr.rstrip())
+    while pos < end:
+        m = _ARITH_TOKEN.match(expr, pos)
+        if m is None or len(tokens) >= _MAX_ARITH_TOKENS:
+            return None
+        if m.group("pow"):
+            k = int(m.group("k"))
+            if k > 308:
+                return None  # math.pow(10, k) overflows: the official eval fails
+            tokens.append(("n", 10.0 ** k if k > -400 else 0.0))
+        elif m.group("num"):
+            num = m.group("num")
+            if _BAD_INT_LITERAL.fullmatch(num):
+                return None  # "007" is a SyntaxError in Python
+            tokens.append(("n", float(num)))
+        else:
+            tokens.append(("op", m.group("op")))
+        pos = m.end()
+    return tokens
+
+
+class _Arith:
+    """Recursive descent over numbers, unary +/-, * /, + -, parentheses (Python's precedence)."""
+
+    def __init__(self, tokens: list[tuple[str, float | str]]):
+        self.tokens, self.i, self.depth = tokens, 0, 0
+
+    def peek(self) -> float | str | None:
+        return self.tokens[self.i][1] if self.i < len(self.tokens) and self.tokens[self.i][0] == "op" else None
+
+    def expr(self) -> float:
+        value = self.term()
+        while self.peek() in ("+", "-"):
+            op = self.tokens[self.i][1]
+            self.i += 1
+            value = value + self.term() if op == "+" else value - self.term()
+        return value
+
+    def term(self) -> float:
+        value = self.factor()
+        while self.peek() in ("*", "/"):
+            op = self.tokens[self.i][1]
+            self.i += 1
+            value = value * self.factor() if op == "*" else value / self.factor()
+        return value
+
+    def factor(self) -> float:
+        if self.i >= len(self.tokens):
+            raise ValueError("expression ends early")
+        kind, value = self.tokens[self.i]
+        self.i += 1
+        if kind == "n":
+            return float(value)
+        if value in ("+", "-"):
+            inner = self.factor()
+            return inner if value == "+" else -inner
+        if value == "(":
+            self.depth += 1
+            if self.depth > _MAX_ARITH_DEPTH:
+                raise ValueError("nested too deep")
+            inner = self.expr()
+            if self.peek() != ")":
+                raise ValueError("unbalanced parenthesis")
+            self.i += 1
+            self.depth -= 1
+            return inner
+        raise ValueError(f"unexpected {value!r}")
+
+
+def safe_arith_eval(expr: str) -> float | None:
+    """The value of an arithmetic expression, or None; nothing is ever executed.
+
+    Grammar: numbers (``12``, ``1.5``, ``.5``, ``2e-3``), ``10^k``, unary + and -, ``* /``, ``+ -`` and
+    parentheses, with Python's precedence. Everything else (names, calls, ``**``, ``//``, ``%``, ``^``
+    other than ``10^k``, strings, commas) is None, as are a division by zero, a non-finite result,
+    more than 200 tokens or 16 levels of parentheses, and text over 1,000 characters.
+    """
+    if not isinstance(expr, str) or len(expr) > _MAX_EVAL_TEXT:
+        return None
+    tokens = _arith_tokens(expr)
+    if not tokens:
+        return None
+    parser = _Arith(tokens)
     try:
-        return _eval_node(ast.parse(expr.strip(), mode="eval").body)
-    except (_EvalFailed, SyntaxError, ValueError, TypeError, ArithmeticError, RecursionError, MemoryError):
-        return 0
+        value = parser.expr()
+    except (ValueError, ArithmeticError):
+        return None
+    if parser.i != len(tokens) or not math.isfinite(value):
+        return None
+    return value
 
 
 def _official_compare(p: object, gt: float) -> bool:
     """DocMath-Eval compare_two_numbers (3-decimal rounding, log10(v1 / v2)); False where it would raise."""
-    if not isinstance(p, int | float):
-        return False
     v1, v2 = max(abs(gt), abs(p)), min(abs(gt), abs(p))
     if v1 != 0 and v2 != 0 and int(math.log10(v1 / v2)) == math.log10(v1 / v2):
         return True
@@ -314,16 +356,26 @@ def _official_compare(p: object, gt: float) -> bool:
     return within_tol(p, gt)
 
 
+def _gold_value(gold: str | float) -> float | None:
+    """DocMath-Eval reads the gold with ``float()``; text that float() refuses goes through docmath_normalize."""
+    if isinstance(gold, bool):
+        return None
+    if isinstance(gold, int | float):
+        return float(gold)
+    try:
+        return float(str(gold).replace(",", ""))
+    except ValueError:
+        return docmath_normalize(str(gold))
+
+
 def docmath_eval_acc(pred: str | None, gold: str | float) -> bool:
-    """DocMath-Eval accuracy of one prediction string against the gold (see module docstring)."""
-    if not isinstance(pred, str) or not pred:
+    """DocMath-Eval accuracy of one extracted answer against the gold (see module docstring):
+    ``evaluation.py`` scores 0 when "none" is in the answer, else ``get_acc(pred, float(gold))``."""
+    if not isinstance(pred, str) or "none" in pred.lower():
         return False
-    gt = gold if isinstance(gold, int | float) else _official_normalize(str(gold))
-    if not isinstance(gt, int | float):
+    gt, p = _gold_value(gold), docmath_normalize(pred)
+    if gt is None or p is None:
         return False
-    p = _official_normalize(pred)
-    if isinstance(gt, bool):
-        return p == gt
     try:
         return _official_compare(p, gt)
     except (OverflowError, ValueError, ZeroDivisionError):

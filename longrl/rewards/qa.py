@@ -18,6 +18,17 @@ whitespace tokens, max over the gold answers). Unlike the HotpotQA script used i
   least 3 items where the gold has fewer); a prediction contained in the gold earns credit only
   when it covers more than half of the gold's tokens ("Bob" is not "Bob Dylan"; "Nicholas Bacon" is
   "Sir Nicholas Bacon"); the judge decides the rest.
+
+  Answer plus justification versus a hedge (the line, docs/rewards.md): a prediction that STARTS with
+  the gold may go on with one short clause, at most ``MAX_JUSTIFICATION_TOKENS`` words, that opens with
+  a justification word (``JUSTIFICATION_WORDS``: as, according, because, per, based, which, ...), has
+  no hedge word nor a word that adds candidates or doubt (and, also, well, maybe, ...) and names no other candidate: no capitalised word except its first and reference nouns
+  (Document, Passage, ...). "Hollywood, Florida, as stated in the second document" is an answer;
+  "Hollywood, Florida, as well as Miami" and "Hollywood, Florida, according to Jeff Lynne" are not
+  (the general guard then applies, and rejects them as lists). A yes/no gold is matched when the
+  prediction's first word is that answer, the opposite word does not occur, and it is at most
+  ``MAX_YES_NO_TOKENS`` words ("No. The document says ..."); "Probably yes" is left to the judge.
+  A degree sign reads as the word: "45°" is "45 degrees".
 """
 
 from __future__ import annotations
@@ -34,6 +45,20 @@ _HEDGE_WORDS = frozenset({"or", "not", "nor", "either", "neither"})
 MAX_EXTRA_FACTOR = 2
 """A prediction containing the gold may be up to MAX_EXTRA_FACTOR * len(gold) + MAX_EXTRA_TOKENS tokens."""
 MAX_EXTRA_TOKENS = 4
+MAX_JUSTIFICATION_TOKENS = 8
+"""Longest clause (normalised words) allowed after a gold the prediction starts with."""
+MAX_YES_NO_TOKENS = 24
+"""Longest yes/no answer with its justification (normalised words)."""
+JUSTIFICATION_WORDS = frozenset({
+    "as", "according", "because", "since", "per", "based", "which", "where", "who", "from", "in", "stated",
+    "mentioned", "see", "given", "this", "that", "it", "cited", "reported", "confirmed", "shown", "noted",
+})
+_REFERENCE_NOUNS = frozenset({"document", "documents", "passage", "passages", "paragraph", "paragraphs",
+                              "section", "table", "figure", "article", "text", "source", "context", "i"})
+_YES_NO = {"yes": "no", "no": "yes"}
+_CLAUSE_ADDS = frozenset({"and", "also", "well", "plus", "other", "alternatively", "possibly", "maybe",
+                          "perhaps", "probably", "might", "could", "likely", "unclear", "unsure"})
+"""Words that add candidates or doubt: a clause with one is not a justification."""
 
 
 def normalize_answer(s: str) -> str:
@@ -82,14 +107,33 @@ def _contains(haystack: list[str], needle: list[str]) -> bool:
 
 
 def _guarded_sub_em(pred: str, gold: str) -> bool:
+    pred, gold = pred.replace("°", " degrees "), gold.replace("°", " degrees ")
     p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
     if not p or not g:
         return False
     if p == g:
         return True
+    if len(g) == 1 and g[0] in _YES_NO:
+        return p[0] == g[0] and _YES_NO[g[0]] not in p and len(p) <= MAX_YES_NO_TOKENS
     if _contains(p, g):
+        if _justified(pred, p, g):
+            return True
         return len(p) <= MAX_EXTRA_FACTOR * len(g) + MAX_EXTRA_TOKENS and not _hedges(pred, gold, p, g)
     return _contains(g, p) and 2 * len(p) > len(g)
+
+
+def _justified(pred: str, p: list[str], g: list[str]) -> bool:
+    """pred is the gold followed by one short justification clause (see the module docstring)."""
+    rest = p[len(g):]
+    if p[:len(g)] != g or not 0 < len(rest) <= MAX_JUSTIFICATION_TOKENS or rest[0] not in JUSTIFICATION_WORDS:
+        return False
+    if (_HEDGE_WORDS | _CLAUSE_ADDS) & set(rest):
+        return False
+    raw = [w for w in pred.split() if normalize_answer(w)]
+    if [normalize_answer(w) for w in raw] != p:
+        return False  # the word-by-word reading differs from the whole-string one: no exemption
+    clause = [w.strip(string.punctuation) for w in raw[len(g) + 1:]]
+    return not any(w[:1].isupper() and w.lower() not in _REFERENCE_NOUNS for w in clause)
 
 
 def _hedges(pred: str, gold: str, p: list[str], g: list[str]) -> bool:

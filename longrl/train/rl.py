@@ -109,7 +109,8 @@ class RLSettings:
     @property
     def needs_old_logprobs(self) -> bool:
         """pi_old differs from pi_theta for some update, or AEPO needs old-policy entropies."""
-        return self.mini_batches > 1 or self.epochs > 1 or self.algo.entropy_mask_threshold > 0
+        return (self.mini_batches > 1 or self.epochs > 1 or self.algo.entropy_mask_threshold > 0
+                or self.algo.entropy_high > 0)
 
 
 @dataclass
@@ -167,6 +168,8 @@ class RLRun:
     on_accuracies: AccuracyCallback | None = None
     nonfinite_in_row: int = 0
     skipped_updates: int = 0
+    aepo: Any = None
+    """:class:`~longrl.algo.aepo.AEPOState` in AEPO batch mode (checkpointed), else None."""
 
 
 @dataclass
@@ -350,8 +353,9 @@ def piece_logprobs(run: RLRun, model, seqs: list[Seq], with_entropy: bool):
 
 
 @torch.no_grad()
-def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> None:
-    """log pi_old (and the AEPO mask from old-policy entropies), and log pi_ref when KL is on, in place.
+def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> dict[str, float]:
+    """log pi_old (and the AEPO mask from old-policy entropies), and log pi_ref when KL is on, in place;
+    returns the ``aepo/*`` metrics in AEPO batch mode.
 
     Every process computes every piece so all hold the same token counts for the loss denominators.
     """
@@ -359,14 +363,19 @@ def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> Non
 
     a = run.s.algo
     model = run.accelerator.unwrap_model(run.model)
+    ent_sum, ent_n = 0.0, 0
     for piece in pieces:
         ps = [seqs[i] for i in piece]
         if run.s.needs_old_logprobs:
-            logps_BT, ent_BT, mask_BT = piece_logprobs(run, model, ps, with_entropy=a.entropy_mask_threshold > 0)
+            with_entropy = a.entropy_mask_threshold > 0 or run.aepo is not None
+            logps_BT, ent_BT, mask_BT = piece_logprobs(run, model, ps, with_entropy=with_entropy)
             if a.entropy_mask_threshold > 0:
                 adv_B = torch.tensor([s.adv for s in ps], device=logps_BT.device)
                 mask_BT = entropy_negative_mask(adv_B, ent_BT, mask_BT, a.entropy_mask_threshold,
                                                 a.entropy_mask_level)
+            elif run.aepo is not None:
+                ent_sum += float(torch.where(mask_BT.bool(), ent_BT, 0.0).sum())
+                ent_n += int(mask_BT.bool().sum())
             for b, s in enumerate(ps):
                 s.old_logps = logps_BT[b, :len(s.completion_ids)].cpu()
                 s.mask = mask_BT[b, :len(s.completion_ids)].bool().cpu()
@@ -374,6 +383,21 @@ def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> Non
             ref_BT, _, _ = piece_logprobs(run, run.ref_model, ps, with_entropy=False)
             for b, s in enumerate(ps):
                 s.ref_logps = ref_BT[b, :len(s.completion_ids)].cpu()
+    return aepo_batch_rule(run, seqs, ent_sum, ent_n) if run.aepo is not None else {}
+
+
+def aepo_batch_rule(run: RLRun, seqs: list[Seq], ent_sum: float, ent_n: int) -> dict[str, float]:
+    """AEPO batch mode: move the hysteresis state with the batch entropy; while active, drop every
+    negative-advantage sample from the update (its mask emptied)."""
+    from longrl.algo import aepo
+
+    entropy = aepo.batch_mean_entropy(ent_sum, ent_n)
+    dropped = 0.0
+    if run.aepo.update(entropy) and seqs:
+        for s in seqs:
+            s.mask = aepo.drop_negative_samples(torch.tensor([s.adv]), s.mask[None])[0][0]
+        dropped = sum(s.adv < 0 for s in seqs) / len(seqs)
+    return {"aepo/active": float(run.aepo.active), "aepo/dropped_frac": dropped, "aepo/entropy": entropy}
 
 
 def piece_loss(run: RLRun, seqs: list[Seq], num_tokens: int, num_seqs: int) -> tuple[torch.Tensor, dict]:
@@ -449,10 +473,10 @@ def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
         adv = group_advantages(kept, run.s.algo.advantage, run.s.algo.eps)      # 4: A_i
         seqs = training_sequences(kept, adv)
         pieces = make_pieces(seqs, run.s.micro_token_budget, run.s.shared_forward)
-        old_policy_pass(run, seqs, pieces)                                       # 5: log pi_old, log pi_ref
+        aepo_metrics = old_policy_pass(run, seqs, pieces)                        # 5: log pi_old, log pi_ref
         stats = [update(run, seqs, mb)                                           # 6: theta <- AdamW(grad J)
                  for _ in range(run.s.epochs) for mb in mini_batches(pieces, seqs, run.s.mini_batches)]
-        train = _mean_metrics(stats)
+        train = _mean_metrics(stats) | aepo_metrics
     else:
         log.warning("step %d: no informative group after %d round(s); no update", step + 1,
                     int(sampling.get("sampling/rounds", 0)))
@@ -560,7 +584,8 @@ def _frozen_copy(model):
 def _checkpoint_state(run: RLRun, extra_state: dict[str, Any]) -> dict[str, Any]:
     return {"sampler": run.sampler.state_dict(),
             "extra": {k: v.state_dict() for k, v in extra_state.items()},
-            "nonfinite_in_row": run.nonfinite_in_row, "skipped_updates": run.skipped_updates}
+            "nonfinite_in_row": run.nonfinite_in_row, "skipped_updates": run.skipped_updates,
+            "aepo": run.aepo.state_dict() if run.aepo is not None else None}
 
 
 def _resume(run: RLRun, ckpt_root: Path, extra_state: dict[str, Any]) -> int:
@@ -577,6 +602,8 @@ def _resume(run: RLRun, ckpt_root: Path, extra_state: dict[str, Any]) -> int:
     for k, obj in extra_state.items():
         obj.load_state_dict(state["extra"][k])
     run.nonfinite_in_row, run.skipped_updates = state["nonfinite_in_row"], state["skipped_updates"]
+    if run.aepo is not None and state.get("aepo"):
+        run.aepo.load_state_dict(state["aepo"])
     log.info("resumed from %s (step %d)", path, trainer["step"])
     return int(trainer["step"])
 
@@ -600,6 +627,7 @@ def build_generator(cfg, model, tokenizer):
 
 def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generator, ref_model,
                on_accuracies, accelerator) -> RLRun:
+    from longrl.algo.aepo import AEPOState
     from longrl.train.optim import build_optimizer, build_scheduler
 
     if s.algo.kl_coef > 0 and ref_model is None:
@@ -610,9 +638,10 @@ def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generat
     optimizer = build_optimizer(model, o.lr, o.weight_decay, tuple(o.betas))
     scheduler = build_scheduler(optimizer, o.warmup_steps, s.steps, o.schedule)
     params = [p for p in model.parameters() if p.requires_grad]
+    aepo = AEPOState(s.algo.entropy_low, s.algo.entropy_high) if s.algo.entropy_high > 0 else None
     return RLRun(s=s, model=model, tokenizer=tokenizer, generator=generator, reward_fn=reward_fn,
                  sampler=sampler, accelerator=accelerator, optimizer=optimizer, scheduler=scheduler,
-                 params=params, ref_model=ref_model, on_accuracies=on_accuracies)
+                 params=params, ref_model=ref_model, on_accuracies=on_accuracies, aepo=aepo)
 
 
 def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, *, run_dir: str | Path,
@@ -683,6 +712,7 @@ def run(args: argparse.Namespace) -> int:
     """`longrl rl`: one RL stage over data.sources, written to <output_dir>/rl (resumable)."""
     from longrl.config import ConfigError, load_config
     from longrl.curriculum.phases import PhaseSampler
+    from longrl.curriculum.samplers import source_weights
     from longrl.models import load_policy
     from longrl.train.sft import default_accelerator, read_sources
 
@@ -690,9 +720,8 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.data.sources:
         raise ConfigError("data.sources", "no RL data: set data.sources", args.config)
     samples = read_sources(cfg.data.sources, cfg.data.on_error)
-    weights = {src.name or Path(src.path).stem: src.weight for src in cfg.data.sources}
     sampler = PhaseSampler(samples, batch_size=cfg.rl.prompts_per_step, seed=cfg.seed,
-                           weights_by_source=weights if len(set(weights.values())) > 1 else None,
+                           weights_by_source=source_weights(cfg.data.sources, samples, "data.sources"),
                            task_balanced=cfg.curriculum.task_balanced)
     accelerator = default_accelerator()
     model, tokenizer = load_policy(cfg.model)

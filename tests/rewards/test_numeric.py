@@ -2,7 +2,7 @@
 
 import pytest
 
-from longrl.rewards.numeric import numeric_match, parse_number, round_up, safe_literal_eval
+from longrl.rewards.numeric import numeric_match, parse_number, round_up, safe_arith_eval
 
 
 @pytest.mark.parametrize("text, value", [
@@ -63,25 +63,25 @@ def test_eval_mode_reproduces_docmath_eval_quirks():
     # compare_two_numbers works on absolute values and accepts any power-of-ten ratio
     assert numeric_match("-5", "5", mode="eval")
     assert numeric_match("0.5", "5", mode="eval")
-    # a prediction that does not evaluate becomes 0, which matches a gold of 0
-    assert numeric_match("the", "0", mode="eval")
-    assert not numeric_match("", "0", mode="eval")    # an empty pred is no pred (QwenLong-L1 eval)
+    # deliberate difference: officially a failed eval() is 0 and matches a gold of 0; here it matches nothing
+    assert not numeric_match("the", "0", mode="eval")
+    assert not numeric_match("", "0", mode="eval")
     # "US" is dropped before "USD", leaving "5 D", whose unit is then dropped
     assert numeric_match("5 USD", "5", mode="eval")
-    # "2^3" is Python XOR in the official eval(): 2 ^ 3 == 1
-    assert numeric_match("2^3", "1", mode="eval")
+    # "2^3" is Python XOR in the official eval() (2 ^ 3 == 1); not arithmetic here
+    assert not numeric_match("2^3", "1", mode="eval")
     # "(1,234)" evaluates to a tuple, which never matches
     assert not numeric_match("(1,234)", "1234", mode="eval")
     assert numeric_match("12.35%", "0.1235", mode="eval")
 
 
-def test_safe_literal_eval_never_executes():
-    assert safe_literal_eval("__import__('os').system('echo pwned')") == 0
-    assert safe_literal_eval("(lambda: 1)()") == 0
-    assert safe_literal_eval("2 ** 10 ** 10") == 0          # refused, not computed
-    assert safe_literal_eval("1 / 0") == 0
-    assert safe_literal_eval("3 * 4 - 2") == 10
-    assert safe_literal_eval("True") is True
+def test_safe_arith_eval_never_executes():
+    assert safe_arith_eval("__import__('os').system('echo pwned')") is None
+    assert safe_arith_eval("(lambda: 1)()") is None
+    assert safe_arith_eval("2 ** 10 ** 10") is None          # refused, not computed
+    assert safe_arith_eval("1 / 0") is None
+    assert safe_arith_eval("3 * 4 - 2") == 10
+    assert safe_arith_eval("True") is None
 
 
 def test_bad_mode_raises():

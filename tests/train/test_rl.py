@@ -176,3 +176,44 @@ def test_kl_reference_and_extra_state(tiny_model_dir, tmp_path):
                          extra_state={"counter": restored})
     assert restored.n == counter.n == 4  # re-entering a finished phase restores its state, runs nothing
     assert len(_history(tmp_path)) == 2
+
+
+def test_aepo_batch_state_is_checkpointed_and_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch):
+    """Batch entropies are scripted (the measured value is replaced) so the hysteresis state matters:
+    2.0 switches AEPO on, 0.7 (inside the band) keeps it on only if the state survived the restart."""
+    from longrl.algo import aepo
+
+    script = [2.0, 0.7, 0.7, 0.3]
+    over = ["rl.steps=4", "algo.entropy_mask_level=batch", "algo.entropy_low=0.5", "algo.entropy_high=1.0",
+            "rl.dynamic_sampling.enabled=false"]
+
+    def scripted(values):
+        it = iter(values)
+        monkeypatch.setattr(aepo, "batch_mean_entropy", lambda ent_sum, n: next(it))
+
+    scripted(script)
+    full, _ = _run(tiny_model_dir, tmp_path / "full", over)
+    full_hist = _history(tmp_path / "full")
+    assert [h["aepo/active"] for h in full_hist] == [1.0, 1.0, 1.0, 0.0]
+    assert all(0.0 <= h["aepo/dropped_frac"] <= 1.0 for h in full_hist)
+    assert full_hist[0]["aepo/dropped_frac"] > 0 and full_hist[3]["aepo/dropped_frac"] == 0.0
+
+    real_step = rl.rl_step
+
+    def stop_at_third(run, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(run, step)
+
+    scripted(script)
+    monkeypatch.setattr(rl, "rl_step", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_model_dir, tmp_path / "cut", over)
+    saved = torch.load(tmp_path / "cut" / "checkpoints" / "step-00000002" / "trainer_state.pt", weights_only=False)
+    assert saved["state"]["aepo"] == {"active": True}
+    monkeypatch.setattr(rl, "rl_step", real_step)
+    scripted(script[2:])
+    resumed, _ = _run(tiny_model_dir, tmp_path / "cut", over)
+    assert [h["aepo/active"] for h in _history(tmp_path / "cut")][-2:] == [1.0, 0.0]
+    for k, v in _params(full).items():
+        torch.testing.assert_close(_params(resumed)[k], v)
