@@ -224,7 +224,7 @@ def synthetic_data(cfg: Config, tokenizer) -> PipelineData:
 
 def phase_data(cfg: Config) -> dict[str, dict]:
     """The samples of ``curriculum.phases[k].sources`` by phase index, and those phases' names."""
-    from longrl.train.sft import read_sources
+    from longrl.data.readers import read_sources
 
     phases = {k: read_sources(ph.sources, cfg.data.on_error) for k, ph in enumerate(cfg.curriculum.phases)
               if ph.sources}
@@ -232,7 +232,7 @@ def phase_data(cfg: Config) -> dict[str, dict]:
 
 
 def file_data(cfg: Config) -> PipelineData:
-    from longrl.train.sft import read_sources
+    from longrl.data.readers import read_sources
 
     if not cfg.data.sources:
         raise ConfigError("data.sources", "no RL data: set data.sources or pipeline.synthetic.enabled")
@@ -292,7 +292,7 @@ class Pipeline:
     @property
     def accelerator(self):
         if self._accelerator is None:
-            from longrl.train.sft import default_accelerator
+            from longrl.train.runtime import default_accelerator
 
             self._accelerator = default_accelerator()
         return self._accelerator

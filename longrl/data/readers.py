@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from longrl.data.prompt import QWENLONG_TEMPLATE, render_user_prompt
-from longrl.data.records import TASK_TYPES, DocQASample, RecordError
-from longrl.rewards.rule import task_for_source
+from longrl.data.records import TASK_TYPES, DocQASample, RecordError, task_for_source
 
 FORMATS = ("verl", "longbench", "docmath", "frames", "jsonl")
 """Reader names accepted by :func:`read_source` (besides ``auto`` and the aliases below)."""
@@ -449,3 +448,11 @@ def write_verl_parquet(samples: list[DocQASample], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     rows = [verl_row(s, i) for i, s in enumerate(samples)]
     pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def read_sources(sources, on_error: str) -> list[DocQASample]:
+    """Every sample of ``sources`` (config ``DataSource`` entries: path, format, name), in order."""
+    out: list[DocQASample] = []
+    for src in sources:
+        out.extend(read_source(src.path, format=src.format, name=src.name, on_error=on_error))
+    return out

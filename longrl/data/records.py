@@ -51,3 +51,13 @@ class DocQASample:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DocQASample:
         return cls(**d)
+
+
+def task_for_source(data_source: str) -> str:
+    """Scorer task for a verl data_source: 'docmath' -> numeric; 'long_toc_choices'/'mcq' -> mcq; else qa."""
+    name = data_source.lower()
+    if "docmath" in name:
+        return "numeric"
+    if "long_toc_choices" in name or "mcq" in name:
+        return "mcq"
+    return "qa"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from longrl.data.records import TASK_TYPES
-from longrl.rewards.rule import parse_ground_truth, rule_score, task_for_source
+from longrl.data.records import TASK_TYPES, task_for_source
+from longrl.rewards.rule import parse_ground_truth, rule_score
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:

@@ -10,13 +10,12 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from longrl.data.records import TASK_TYPES
 from longrl.rewards.choice import choice_match
 from longrl.rewards.degenerate import is_degenerate
 from longrl.rewards.extract import answer_after_marker, extract_answer
 from longrl.rewards.numeric import numeric_match
 from longrl.rewards.qa import sub_exact_match
-
-RULE_TASKS = ("qa", "numeric", "mcq")
 
 
 @dataclass(frozen=True)
@@ -31,16 +30,6 @@ class RuleResult:
     """The response has '</think>' (when required) and an answer marker or \\boxed{}."""
     reason: str
     """'match', 'no match', 'no </think>', 'no answer', or 'degenerate: <why>'."""
-
-
-def task_for_source(data_source: str) -> str:
-    """Scorer task for a verl data_source: 'docmath' -> numeric; 'long_toc_choices'/'mcq' -> mcq; else qa."""
-    name = data_source.lower()
-    if "docmath" in name:
-        return "numeric"
-    if "long_toc_choices" in name or "mcq" in name:
-        return "mcq"
-    return "qa"
 
 
 def parse_ground_truth(gt: object) -> list[str]:
@@ -70,14 +59,14 @@ def _matches(task: str, pred: str, answers: list[str]) -> bool:
         return any(numeric_match(pred, gold, mode="train") for gold in answers)
     if task == "mcq":
         return any(choice_match(pred, gold) for gold in answers)
-    raise ValueError(f"task must be one of {RULE_TASKS}, got {task!r}")
+    raise ValueError(f"task must be one of {TASK_TYPES}, got {task!r}")
 
 
 def rule_score(task: str, response: str, answers: list[str], question: str = "", document: str = "",
                require_think: bool = True) -> RuleResult:
     """Score one response against its gold answers. Raises only on a bad task or an empty gold list."""
-    if task not in RULE_TASKS:
-        raise ValueError(f"task must be one of {RULE_TASKS}, got {task!r}")
+    if task not in TASK_TYPES:
+        raise ValueError(f"task must be one of {TASK_TYPES}, got {task!r}")
     if not answers:
         raise ValueError("no gold answers to score against")
     if require_think and (not isinstance(response, str) or "</think>" not in response):

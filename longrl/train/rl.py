@@ -663,7 +663,7 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
     to ``run_dir/final``. Every process must call this with the same arguments.
     """
     from longrl.train.optim import seed_everything
-    from longrl.train.sft import default_accelerator, save_final
+    from longrl.train.runtime import default_accelerator, save_final
 
     accelerator = accelerator or default_accelerator()
     s = RLSettings.from_config(cfg, steps, max_new_tokens, temperature, seed)
@@ -713,8 +713,9 @@ def run(args: argparse.Namespace) -> int:
     from longrl.config import ConfigError, load_config
     from longrl.curriculum.phases import PhaseSampler
     from longrl.curriculum.samplers import source_weights
+    from longrl.data.readers import read_sources
     from longrl.models import load_policy
-    from longrl.train.sft import default_accelerator, read_sources
+    from longrl.train.runtime import default_accelerator
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.sources:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+from longrl.data.readers import read_sources
 from longrl.data.records import DocQASample
+from longrl.train.runtime import default_accelerator, save_final
 
 log = logging.getLogger(__name__)
 
@@ -261,23 +263,6 @@ def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str
     return SFTResult(final, cfg.steps, metrics.get("sft/loss", float("nan")), held_loss, skipped)
 
 
-def save_final(model, tokenizer, path: Path, accelerator) -> Path:
-    """Write the model + tokenizer as a Hugging Face directory (main process), all processes wait."""
-    if accelerator.is_main_process:
-        from longrl.models import save_pretrained_dir
-
-        save_pretrained_dir(accelerator.unwrap_model(model), tokenizer, path)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def default_accelerator():
-    """The process's ``accelerate.Accelerator`` (CPU unless CUDA is available)."""
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=not torch.cuda.is_available())
-
-
 def _telemetry(cls, run_dir, total, start, logging_cfg, accelerator):
     from longrl.config import LoggingConfig
 
@@ -296,15 +281,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "trained on the SFT texts (CPU demo / smoke runs)")
     parser.add_argument("--tiny-hidden", type=int, default=64, help="hidden size for --init-tiny")
     parser.add_argument("--tiny-layers", type=int, default=2, help="layers for --init-tiny")
-
-
-def read_sources(sources, on_error: str) -> list[DocQASample]:
-    from longrl.data.readers import read_source
-
-    out: list[DocQASample] = []
-    for src in sources:
-        out.extend(read_source(src.path, format=src.format, name=src.name, on_error=on_error))
-    return out
 
 
 def init_tiny_model(path: str, samples: list[DocQASample], hidden: int, layers: int) -> None:

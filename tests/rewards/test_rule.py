@@ -2,8 +2,9 @@
 
 import pytest
 
+from longrl.data.records import task_for_source
 from longrl.rewards import compute_score
-from longrl.rewards.rule import parse_ground_truth, rule_score, task_for_source
+from longrl.rewards.rule import parse_ground_truth, rule_score
 
 
 def resp(answer: str) -> str:
