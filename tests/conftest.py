@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,39 @@ TINY_CORPUS = [
     "<think>The text says the capital is Port Amber.</think> Therefore, the answer is Port Amber.",
     "Answer 1: 42. Answer 2: forty-two. [[YES]] [[NO]] Problem: equivalent answers.",
 ] * 20
+
+
+LONGRL_DIR = str(Path(__file__).resolve().parents[1] / "longrl") + os.sep
+CALL_MACHINERY = (f"{os.sep}torch{os.sep}nn{os.sep}modules{os.sep}", f"{os.sep}functools.py", f"{os.sep}contextlib.py")
+"""Frames between a caller and the deprecated function it called (module __call__, decorators)."""
+
+
+def deprecated_call_site(frame) -> str | None:
+    """``file:line`` of the code that called the function warning in ``frame``, when that code is longrl's."""
+    f = frame.f_back
+    while f is not None and any(m in f.f_code.co_filename for m in CALL_MACHINERY):
+        f = f.f_back
+    if f is not None and f.f_code.co_filename.startswith(LONGRL_DIR):
+        return f"{f.f_code.co_filename}:{f.f_lineno}"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_calls_from_longrl(monkeypatch):
+    """Fail a test when longrl's own code calls an API that warns it is deprecated (FutureWarning or
+    DeprecationWarning): the console of `make demo` is for people to read. Warnings that third-party code
+    raises about its own calls are left alone. (pytest's filterwarnings cannot tell the two apart: a
+    transformers deprecation is attributed to torch's Module.__call__, not to the caller.)"""
+    real = warnings.warn
+
+    def warn(message, category=None, stacklevel=1, source=None, **kwargs):
+        cat = category or (type(message) if isinstance(message, Warning) else UserWarning)
+        site = deprecated_call_site(sys._getframe(1)) if issubclass(cat, FutureWarning | DeprecationWarning) else None
+        if site is not None:
+            raise AssertionError(f"longrl calls a deprecated API at {site}: {message}")
+        return real(message, category, stacklevel + 1, source, **kwargs)
+
+    monkeypatch.setattr(warnings, "warn", warn)
 
 
 @pytest.fixture(autouse=True)
