@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -24,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 QUICK_OVERRIDES = [
@@ -83,8 +85,6 @@ def demo_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from longrl.pipeline import Pipeline, StageError, print_event
 
     cfg = demo_config(args)
@@ -177,7 +177,8 @@ def summary_markdown(cfg, manifests: list[dict[str, Any]], table_md: str, verdic
         "# longrl demo report", "",
         f"Command: `{command}`  ", f"Seed: {cfg.seed}; model: {init.get('output_model', '?')} "
         f"({params / 1e6:.2f}M parameters)  ",
-        f"Wall time of this invocation: {wall_s:.0f}s; training + evaluation summed over stages: {stage_s:.0f}s",
+        f"Wall time of this invocation: {wall_s:.0f}s with {torch.get_num_threads()} torch thread(s) on a "
+        f"{os.cpu_count()}-core machine; training + evaluation summed over stages: {stage_s:.0f}s",
         "", "## Held-out accuracy (%) after each stage", "", table_md, "", verdict_text, "",
         "## Stages", "", "| stage | train s | eval s | notes |", "|---|---|---|---|",
     ]

@@ -4,6 +4,7 @@ recipes it reads. The full demo is marked slow."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def test_quick_demo_end_to_end(quick_demo, capsys):
     summary = (report / "summary.md").read_text()
     assert "| documents | family | init | sft | phase1 | phase2 |" in summary
     assert "64 tokens" in summary and "160 tokens" in summary
+    assert f"with 1 torch thread(s) on a {os.cpu_count()}-core machine" in summary
     for stem in ("reward", "accuracy", "entropy", "response_length", "filtered_groups", "heldout_accuracy"):
         assert_png(report / "plots" / f"{stem}.png")
     cfg = yaml.safe_load((report / "config.yaml").read_text())

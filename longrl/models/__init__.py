@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -225,7 +226,13 @@ def export_gguf_as_hf_dir(gguf_path: str | Path, out_dir: str | Path, dtype: str
     """De-quantise a GGUF checkpoint into a plain Hugging Face directory (model + tokenizer), for
     ``transformers serve``, vLLM, or any tool that cannot read GGUF."""
     model, tokenizer = load_policy(ModelConfig(path=str(gguf_path), device="cpu", dtype=dtype), trainable=False)
-    return save_pretrained_dir(model, tokenizer, out_dir)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained_dir(model, tokenizer, tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)        # whole or absent: a killed export is never mistaken for a finished one
+    return out_dir
 
 
 def _apply_lora(model, cfg: ModelConfig):
