@@ -43,6 +43,14 @@ QUICK_OVERRIDES = [
 ]
 """``--quick``: the same stages at toy sizes (about a minute; what the tests run)."""
 
+QUICK_PRETRAINED_OVERRIDES = [
+    "pipeline.synthetic.heldout=[{target_tokens: 64, n: 4}, {target_tokens: 160, n: 4}]",
+    "sft.steps=2", "sft.batch_size=2", "rollout.group_size=2", "rl.prompts_per_step=1",
+    "save_every=0", "pipeline.eval_batch_size=8",
+]
+"""``--quick --model PATH`` adds these: a pretrained model is ~100x the from-scratch one, so fewer and
+smaller steps, and no intermediate checkpoints (each would hold the model and its AdamW state)."""
+
 
 def recipe(name: str) -> tuple[str, dict[str, Any]]:
     """(source name, parsed YAML) of a recipe shipped as package data in ``longrl/recipes/``."""
@@ -73,7 +81,8 @@ def demo_config(args: argparse.Namespace):
         source, data = recipe("demo_smollm2")
     else:
         source, data = recipe("demo_cpu")
-    overrides = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
+    quick = QUICK_OVERRIDES + (QUICK_PRETRAINED_OVERRIDES if args.model else []) if args.quick else []
+    overrides = quick + list(args.overrides)
     overrides += [f"seed={args.seed}", f"output_dir={args.out}"]
     if args.model:
         overrides.append(f"model.path={args.model}")
