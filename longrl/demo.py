@@ -161,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_config(args: argparse.Namespace):
     """The resolved :class:`~longrl.config.Config` for these arguments."""
-    from longrl.config import _merge, _parse_override, config_from_dict
+    from longrl.config import _merge, _parse_override, build_config
 
     if args.config:
         source = args.config
@@ -170,15 +170,14 @@ def demo_config(args: argparse.Namespace):
         source, data = "<embedded demo_smollm2>", yaml.safe_load(DEMO_SMOLLM2_YAML)
     else:
         source, data = "<embedded demo_cpu>", yaml.safe_load(DEMO_CPU_YAML)
-    overrides = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
-    overrides += [f"seed={args.seed}", f"output_dir={args.out}"]
+    for ov in QUICK_OVERRIDES if args.quick else []:
+        data = _merge(data, _parse_override(ov))
+    overrides = list(args.overrides) + [f"seed={args.seed}", f"output_dir={args.out}"]
     if args.model:
         overrides.append(f"model.path={args.model}")
     if args.threads:
         overrides.append(f"pipeline.threads={args.threads}")
-    for ov in overrides:
-        data = _merge(data, _parse_override(ov))
-    return config_from_dict(data, source)
+    return build_config(data, source, overrides)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -311,6 +311,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from longrl.locations import check_location
+
+    check_location(args.tokenizer, "--tokenizer", "tokenizer")
     count = None
     if args.tokenizer:
         from longrl.data.tokens import load_tokenizer, token_counter

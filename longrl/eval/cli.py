@@ -167,10 +167,26 @@ def run_score(args, cfg) -> int:
     return 0
 
 
+def check_locations(args, cfg) -> None:
+    """The model and tokenizer a generating run will load exist (or may be hub ids), before any work."""
+    from longrl.locations import check_location
+
+    if not args.endpoint:
+        if args.model_path:
+            check_location(args.model_path, "--model-path")
+        else:
+            check_location(cfg.model.path, "model.path", source=cfg.source_of("model.path"))
+    if args.tokenizer:
+        check_location(args.tokenizer, "--tokenizer", "tokenizer")
+    else:
+        check_location(cfg.model.tokenizer, "model.tokenizer", "tokenizer", cfg.source_of("model.tokenizer"))
+
+
 def run(args) -> int:
     cfg = _load_config(args)
     if args.eval_action == "score":
         return run_score(args, cfg)
+    check_locations(args, cfg)
     return run_generate(args, cfg)
 
 

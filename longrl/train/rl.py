@@ -683,10 +683,12 @@ def run(args: argparse.Namespace) -> int:
     """`longrl rl`: one RL stage over data.sources, written to <output_dir>/rl (resumable)."""
     from longrl.config import ConfigError, load_config
     from longrl.curriculum.phases import PhaseSampler
+    from longrl.locations import check_model_config
     from longrl.models import load_policy
     from longrl.train.sft import default_accelerator, read_sources
 
     cfg = load_config(args.config, args.overrides)
+    check_model_config(cfg)
     if not cfg.data.sources:
         raise ConfigError("data.sources", "no RL data: set data.sources", args.config)
     samples = read_sources(cfg.data.sources, cfg.data.on_error)

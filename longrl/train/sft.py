@@ -319,9 +319,11 @@ def init_tiny_model(path: str, samples: list[DocQASample], hidden: int, layers: 
 
 def run(args: argparse.Namespace) -> int:
     from longrl.config import ConfigError, load_config
+    from longrl.locations import check_model_config
     from longrl.models import load_policy
 
     cfg = load_config(args.config, args.overrides)
+    check_model_config(cfg, path=not (args.init_tiny and cfg.model.path and not Path(cfg.model.path).exists()))
     sources = cfg.sft.sources or cfg.data.sources
     if not sources:
         raise ConfigError("sft.sources", "no SFT data: set sft.sources or data.sources", args.config)
