@@ -115,3 +115,17 @@ def test_location_rules(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="not in the Hugging Face cache"):
         check_location("Qwen/Qwen2.5-7B-Instruct", "model.path")
     check_location("", "model.path")  # empty: the caller decides (e.g. the pipeline builds a model)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--tokens", "-5"], "'--tokens': must be >= 1, got -5"),
+    (["--tokens", "100", "0"], "'--tokens': must be >= 1, got 0"),
+    (["--n", "0"], "'--n': must be >= 1, got 0"),
+    (["--families", "lookup,riddles"], "'--families': unknown question family 'riddles'"),
+    (["--families", ","], "'--families': no question family given"),
+])
+def test_synth_arguments_are_validated_up_front(tmp_path, capsys, args, needle):
+    out = tmp_path / "s.jsonl"
+    assert main(["synth", "--out", str(out), *args]) == 2
+    _assert_clean_error(capsys, needle)
+    assert not out.exists()
