@@ -146,6 +146,11 @@ QUICK_OVERRIDES = [
 ]
 """``--quick``: the same stages at toy sizes (about a minute; what the tests run)."""
 
+QUICK_NOTE = ("`--quick` checks that every stage runs, not that the model learns: at these toy sizes (6 SFT "
+              "steps, 2 RL steps per phase, 16 held-out questions) accuracy is expected to stay near 0%. "
+              "Run `longrl demo` without --quick to see learning.")
+"""Printed with the verdict (console and summary.md) of a ``--quick`` run, so 0.0% -> 0.0% is not read as broken."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run directory (report in OUT/report)")
@@ -195,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = write_report(cfg, manifests, time.perf_counter() - t0, command=" ".join(["longrl"] + sys.argv[1:]))
+    report = write_report(cfg, manifests, time.perf_counter() - t0, command=" ".join(["longrl"] + sys.argv[1:]),
+                          quick=args.quick)
     print(report["table"])
     print(f"\n{report['verdict']}")
     print(f"report: {report['dir']}/summary.md")
@@ -244,8 +250,9 @@ def collect_rollout_samples(cfg, out: Path) -> int:
     return n
 
 
-def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: str) -> dict[str, Any]:
-    """Write ``<output_dir>/report`` and return {'dir', 'table', 'verdict'}."""
+def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: str,
+                 quick: bool = False) -> dict[str, Any]:
+    """Write ``<output_dir>/report`` and return {'dir', 'table', 'verdict'} (with :data:`QUICK_NOTE` when ``quick``)."""
     from longrl.analysis.plots import plot_accuracy_by_stage, plot_dynamics, read_metrics
     from longrl.pipeline import markdown_table, phase_names, stage_dir
 
@@ -261,7 +268,7 @@ def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: s
     if table:
         plot_accuracy_by_stage(table, out / "plots" / "heldout_accuracy.png")
     n_samples = collect_rollout_samples(cfg, out / "rollout_samples.jsonl")
-    text = verdict(cfg, table)
+    text = verdict(cfg, table) + (f"\n\n{QUICK_NOTE}" if quick else "")
     (out / "summary.md").write_text(summary_markdown(cfg, manifests, table_md, text, wall_s, command, n_samples))
     return {"dir": str(out), "table": table_md, "verdict": text}
 
