@@ -20,13 +20,21 @@ from typing import Any, Literal
 
 import yaml
 
+COMMAND_LINE = "the command line"
+"""Source of a value given as a ``key=value`` override: ConfigErrors say ``given on the command line (k=v)``."""
+
 
 class ConfigError(ValueError):
-    """A configuration problem, naming the key path and the source file."""
+    """A configuration problem, naming the key path and where it came from (a file, or the command line)."""
 
     def __init__(self, key: str, message: str, source: str | None = None):
         self.key, self.message, self.source = key, message, source
-        where = f" in {source}" if source else ""
+        if not source:
+            where = ""
+        elif source.startswith(COMMAND_LINE):
+            where = f" given on {source}"
+        else:
+            where = f" in {source}"
         super().__init__(f"config key '{key}'{where}: {message}")
 
 
@@ -730,6 +738,12 @@ class Config:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def source_of(self, key: str) -> str | None:
+        """Where ``key``'s value came from: ``"the command line (key=value)"``, the YAML file, or None
+        (a default, or a Config not made by :func:`load_config` / :func:`build_config`)."""
+        file, overrides = getattr(self, "_origin", (None, []))
+        return _source_for(key, file, overrides)
+
 
 # --------------------------------------------------------------------------------------------------
 # Loading
@@ -844,15 +858,26 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def _parse_override(text: str) -> dict[str, Any]:
     """'rl.optim.lr=1e-5' -> {'rl': {'optim': {'lr': 1e-5}}} (the value parsed as YAML)."""
     if "=" not in text:
-        raise ConfigError(text, "override must look like key.path=value")
+        raise ConfigError(text, "override must look like key.path=value", f"{COMMAND_LINE} ({text})")
     path, raw = text.split("=", 1)
     node: dict[str, Any] = {}
     cur = node
     parts = path.strip().split(".")
     for p in parts[:-1]:
         cur = cur.setdefault(p, {})
-    cur[parts[-1]] = yaml.safe_load(raw)
+    try:
+        cur[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(path.strip(), f"invalid YAML value: {e}", f"{COMMAND_LINE} ({text})") from None
     return node
+
+
+def _source_for(key: str, file: str | None, overrides: list[tuple[str, str]]) -> str | None:
+    """The command line when an override set ``key`` or a section above it (the last such wins), else ``file``."""
+    for path, text in reversed(overrides):
+        if key == path or key.startswith((path + ".", path + "[")):
+            return f"{COMMAND_LINE} ({text})"
+    return file
 
 
 def config_from_dict(data: dict[str, Any], source: str | None = None) -> Config:
@@ -865,6 +890,24 @@ def config_from_dict(data: dict[str, Any], source: str | None = None) -> Config:
         return cfg
     except ConfigError as e:
         raise ConfigError(e.key, e.message, source) from None
+
+
+def build_config(data: dict[str, Any], source: str | None = None, overrides: list[str] | None = None) -> Config:
+    """A validated Config from a mapping read from ``source`` with 'a.b=c' command-line overrides on top.
+
+    A ConfigError names the command line for a key an override set, else ``source``; the returned
+    Config remembers both for :meth:`Config.source_of`.
+    """
+    parsed = []
+    for ov in overrides or []:
+        data = _merge(data, _parse_override(ov))
+        parsed.append((ov.split("=", 1)[0].strip(), ov))
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(e.key, e.message, _source_for(e.key, source, parsed)) from None
+    cfg._origin = (source, parsed)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -880,6 +923,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError("<file>", f"invalid YAML: {e}", source) from None
-    for ov in overrides or []:
-        data = _merge(data, _parse_override(ov))
-    return config_from_dict(data, source)
+    return build_config(data, source, overrides)

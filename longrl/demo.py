@@ -58,6 +58,12 @@ def recipe(name: str) -> tuple[str, dict[str, Any]]:
     return f"longrl/recipes/{name}.yaml", yaml.safe_load(text) or {}
 
 
+QUICK_NOTE = ("`--quick` checks that every stage runs, not that the model learns: at these toy sizes (a few SFT "
+              "and RL steps, a handful of held-out questions) accuracy is expected to stay near 0%. "
+              "Run `longrl demo` without --quick to see learning.")
+"""Printed with the verdict (console and summary.md) of a ``--quick`` run, so 0.0% -> 0.0% is not read as broken."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run directory (report in OUT/report)")
     parser.add_argument("--model", default="", help="start from this model (HF directory or .gguf file) "
@@ -72,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_config(args: argparse.Namespace):
     """The resolved :class:`~longrl.config.Config` for these arguments."""
-    from longrl.config import _merge, _parse_override, config_from_dict
+    from longrl.config import _merge, _parse_override, build_config
 
     if args.config:
         source = args.config
@@ -82,15 +88,14 @@ def demo_config(args: argparse.Namespace):
     else:
         source, data = recipe("demo_cpu")
     quick = QUICK_OVERRIDES + (QUICK_PRETRAINED_OVERRIDES if args.model else []) if args.quick else []
-    overrides = quick + list(args.overrides)
-    overrides += [f"seed={args.seed}", f"output_dir={args.out}"]
+    for ov in quick:
+        data = _merge(data, _parse_override(ov))
+    overrides = list(args.overrides) + [f"seed={args.seed}", f"output_dir={args.out}"]
     if args.model:
         overrides.append(f"model.path={args.model}")
     if args.threads:
         overrides.append(f"pipeline.threads={args.threads}")
-    for ov in overrides:
-        data = _merge(data, _parse_override(ov))
-    return config_from_dict(data, source)
+    return build_config(data, source, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = write_report(cfg, manifests, time.perf_counter() - t0, command=" ".join(["longrl"] + sys.argv[1:]))
+    report = write_report(cfg, manifests, time.perf_counter() - t0, command=" ".join(["longrl"] + sys.argv[1:]),
+                          quick=args.quick)
     print(report["table"])
     print(f"\n{report['verdict']}")
     print(f"report: {report['dir']}/summary.md")
@@ -155,8 +161,9 @@ def collect_rollout_samples(cfg, out: Path) -> int:
     return n
 
 
-def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: str) -> dict[str, Any]:
-    """Write ``<output_dir>/report`` and return {'dir', 'table', 'verdict'}."""
+def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: str,
+                 quick: bool = False) -> dict[str, Any]:
+    """Write ``<output_dir>/report`` and return {'dir', 'table', 'verdict'} (with :data:`QUICK_NOTE` when ``quick``)."""
     from longrl.analysis.plots import plot_accuracy_by_stage, plot_dynamics, read_metrics
     from longrl.pipeline import markdown_table, phase_names, stage_dir
 
@@ -172,7 +179,7 @@ def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: s
     if table:
         plot_accuracy_by_stage(table, out / "plots" / "heldout_accuracy.png")
     n_samples = collect_rollout_samples(cfg, out / "rollout_samples.jsonl")
-    text = verdict(cfg, table)
+    text = verdict(cfg, table) + (f"\n\n{QUICK_NOTE}" if quick else "")
     (out / "summary.md").write_text(summary_markdown(cfg, manifests, table_md, text, wall_s, command, n_samples))
     return {"dir": str(out), "table": table_md, "verdict": text}
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,6 +345,9 @@ class Pipeline:
     # ------------------------------------------------------------ running
     def run(self, from_stage: str | None = None, until_stage: str | None = None) -> list[dict[str, Any]]:
         """Run the selected stages; returns the manifests of every stage that is complete afterwards."""
+        from longrl.locations import check_model_config
+
+        check_model_config(self.cfg, required=False)
         start, stop = select_stages(self.names, from_stage, until_stage)
         if from_stage is not None:
             self.discard(self.names[start:])
@@ -629,7 +633,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pipe.run(args.from_stage, args.until_stage)
     except StageError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     table = Path(cfg.output_dir) / "stages" / STAGE_EVAL / "table.md"
     if table.is_file():

@@ -67,3 +67,26 @@ def test_cli_config_show_and_error_exit(tmp_path, capsys):
     assert main(["config", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "algo.clip_high" in err and str(bad) in err
+
+
+@pytest.mark.parametrize("override, key", [
+    ("foo=1", "foo"), ("rl.stepz=3", "rl.stepz"), ("rl.optim.lr=fast", "rl.optim.lr"),
+    ("curriculum.phases=[{max_input_tokens: -1}]", "curriculum.phases[0].max_input_tokens"),
+])
+def test_bad_override_is_reported_as_coming_from_the_command_line(tmp_path, capsys, override, key):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("seed: 3\nrl: {steps: 5}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, [override])
+    assert e.value.key == key
+    assert "tiny.yaml" not in str(e.value) and f"command line ({override})" in str(e.value)
+    assert main(["config", "check", str(cfg), override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config key '{key}' given on the command line ({override}):"), err
+
+
+def test_bad_file_key_still_names_the_file_when_overrides_are_given(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("rl: {stepz: 5}\n")
+    with pytest.raises(ConfigError, match="tiny.yaml"):
+        load_config(cfg, ["seed=1"])

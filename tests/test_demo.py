@@ -43,6 +43,7 @@ def test_quick_demo_end_to_end(quick_demo, capsys):
     assert "| documents | family | init | sft | phase1 | phase2 |" in summary
     assert "64 tokens" in summary and "160 tokens" in summary
     assert f"with 1 torch thread(s) on a {os.cpu_count()}-core machine" in summary
+    assert "`--quick` checks that every stage runs, not that the model learns" in summary
     for stem in ("reward", "accuracy", "entropy", "response_length", "filtered_groups", "heldout_accuracy"):
         assert_png(report / "plots" / f"{stem}.png")
     cfg = yaml.safe_load((report / "config.yaml").read_text())
@@ -63,6 +64,7 @@ def test_rerun_resumes_without_retraining(quick_demo, capsys):
         assert f"[{stage}] complete; skipped" in printed
     assert "| documents | family | init | sft | phase1 | phase2 |" in printed
     assert "RL (phase1 -> phase2) moved held-out accuracy" in printed
+    assert "`--quick` checks that every stage runs, not that the model learns" in printed
     assert {p: p.stat().st_mtime_ns for p in finals} == finals
 
 

@@ -21,7 +21,8 @@ PLOTS: dict[str, tuple[str, list[str]]] = {
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Records of one ``metrics.jsonl`` (torn or non-JSON lines skipped), sorted by step."""
+    """Records of one ``metrics.jsonl`` (torn or non-JSON lines skipped), sorted by step; ``null`` values
+    (non-finite metrics, see :mod:`longrl.train.telemetry`) read as NaN."""
     out = []
     p = Path(path)
     if not p.is_file():
@@ -32,7 +33,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict) and "step" in rec:
-            out.append(rec)
+            out.append({k: float("nan") if v is None else v for k, v in rec.items()})
     return sorted(out, key=lambda r: r["step"])
 
 

@@ -79,6 +79,7 @@ def parse_bounds(text: str) -> list[int]:
 
 def resolve_settings(args: argparse.Namespace) -> PrepareSettings:
     settings = PrepareSettings(sources=[])
+    cfg = None
     if args.config:
         from longrl.config import load_config
 
@@ -97,7 +98,19 @@ def resolve_settings(args: argparse.Namespace) -> PrepareSettings:
             setattr(settings, name, getattr(args, name))
     if not settings.sources:
         raise ConfigError("data.sources", "no sources: pass --source PATH[:FORMAT] or a --config with data.sources")
+    _check_tokenizer(args, cfg, settings.tokenizer)
     return settings
+
+
+def _check_tokenizer(args: argparse.Namespace, cfg, tokenizer: str) -> None:
+    """The tokenizer location exists (or may be a hub id), named as the user gave it."""
+    from longrl.locations import check_location
+
+    if args.tokenizer is not None:
+        check_location(tokenizer, "--tokenizer", "tokenizer")
+    elif cfg is not None:
+        key = "model.tokenizer" if cfg.model.tokenizer else "model.path"
+        check_location(tokenizer, key, "tokenizer", cfg.source_of(key))
 
 
 def _bucket_labels(bounds: list[int]) -> list[str]:

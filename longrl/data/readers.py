@@ -268,25 +268,60 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int, str, str], DocQASample]] = {
 # --------------------------------------------------------------------------------------------------
 
 
-def _iter_json_records(path: Path) -> Iterator[tuple[str, int, dict[str, Any] | RecordError]]:
-    """(position kind, 1-based position, record or error) for a jsonl file or a json array file."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield "line", e.lineno, RecordError(str(path), f"line {e.lineno}", "<json>", f"invalid JSON: {e.msg}")
-            return
-        for i, item in enumerate(items, 1):
-            yield "item", i, item
+def _not_utf8(path: Path, line: int, data: bytes, err: UnicodeDecodeError) -> RecordError:
+    col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    return RecordError(str(path), f"line {line}", "<encoding>",
+                       f"not UTF-8 (byte 0x{data[err.start]:02x} at column {col})")
+
+
+def _iter_json_array(path: Path, data: bytes) -> Iterator[tuple[str, int, dict[str, Any] | RecordError]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        yield "line", line, _not_utf8(path, line, data, e)
         return
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield "line", i, json.loads(line)
-        except json.JSONDecodeError as e:
-            yield "line", i, RecordError(str(path), f"line {i}", "<json>", f"invalid JSON: {e.msg}")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        yield "line", e.lineno, RecordError(str(path), f"line {e.lineno}", "<json>", f"invalid JSON: {e.msg}")
+        return
+    for i, item in enumerate(items, 1):
+        yield "item", i, item
+
+
+def _first_char(f) -> bytes:
+    """The first non-whitespace byte of a binary file (b"" when there is none)."""
+    while block := f.read(1 << 16):
+        if stripped := block.lstrip():
+            return stripped[:1]
+    return b""
+
+
+def _iter_json_records(path: Path) -> Iterator[tuple[str, int, dict[str, Any] | RecordError]]:
+    """(position kind, 1-based position, record or error) for a jsonl file or a json array file.
+
+    jsonl is streamed line by line; lines end at newline bytes only (a U+2028 inside a string is no line
+    break), and a line that is not UTF-8 is an error naming it, as is a line that is not JSON.
+    """
+    with path.open("rb") as f:
+        is_array = _first_char(f) == b"["
+        f.seek(0)
+        if is_array:
+            yield from _iter_json_array(path, f.read())
+            return
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield "line", i, _not_utf8(path, i, raw, e)
+                continue
+            try:
+                yield "line", i, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield "line", i, RecordError(str(path), f"line {i}", "<json>", f"invalid JSON: {e.msg}")
 
 
 def _iter_parquet_records(path: Path) -> Iterator[tuple[str, int, dict[str, Any] | RecordError]]:
@@ -301,13 +336,15 @@ def _iter_records(path: Path) -> Iterator[tuple[str, int, dict[str, Any] | Recor
 
 
 def detect_format(path: str | Path) -> str:
-    """Reader name for a file, from its extension and the field names of its first record."""
+    """Reader name for a file, from its extension and the field names of its first readable record."""
     path = Path(path)
     if path.suffix == ".parquet":
         return "verl"
+    first_error = None
     for kind, pos, rec in _iter_json_records(path):
-        if isinstance(rec, RecordError):
-            raise rec
+        if isinstance(rec, RecordError):  # the reader loop reports (or skips) it; detect from a later record
+            first_error = first_error or rec
+            continue
         keys = set(rec) if isinstance(rec, dict) else set()
         rules = [("verl", {"prompt", "reward_model"}), ("longbench", {"input", "context"}),
                  ("docmath", {"paragraphs"}), ("frames", {"Prompt"}), ("frames", {"problem", "wiki_links"}),
@@ -316,7 +353,7 @@ def detect_format(path: str | Path) -> str:
             if needed <= keys:
                 return fmt
         raise RecordError(str(path), f"{kind} {pos}", "<format>", f"cannot tell the format from fields {sorted(keys)}")
-    raise RecordError(str(path), "line 1", "<format>", "file holds no records")
+    raise first_error or RecordError(str(path), "line 1", "<format>", "file holds no records")
 
 
 def _read_file(path: Path, fmt: str, name: str, on_error: str, skips: SkipLog) -> list[DocQASample]:

@@ -307,17 +307,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output .jsonl (DocQASample records)")
 
 
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """Validate the CLI arguments (ConfigError naming the flag); returns the question families."""
+    from longrl.config import ConfigError
+    from longrl.locations import check_location
+
+    if args.n < 1:
+        raise ConfigError("--n", f"must be >= 1, got {args.n}")
+    for t in args.tokens:
+        if t < 1:
+            raise ConfigError("--tokens", f"must be >= 1, got {t}")
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if not families:
+        raise ConfigError("--families", f"no question family given; choose from {', '.join(FAMILIES)}")
+    for f in families:
+        if f not in _BUILDERS:
+            raise ConfigError("--families", f"unknown question family {f!r}; choose from {', '.join(FAMILIES)}")
+    check_location(args.tokenizer, "--tokenizer", "tokenizer")
+    return families
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    families = check_arguments(args)
     count = None
     if args.tokenizer:
         from longrl.data.tokens import load_tokenizer, token_counter
 
         count = token_counter(load_tokenizer(args.tokenizer))
 
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:

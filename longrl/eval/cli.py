@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        description="Input lines {benchmark, id, response, answers}; output adds pred and metrics.")
     s.add_argument("predictions", help="JSONL of {benchmark, id, response, answers}")
     s.add_argument("--out", dest="scored_out", required=True, help="scored JSONL")
+    s.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="malformed lines: stop naming FILE:line, or skip them (counted, listed in OUT.skips.jsonl)")
 
 
 def _load_config(args):
@@ -143,15 +145,26 @@ def run_generate(args, cfg) -> int:
     return 0
 
 
+def _report_skips(skips, scored_out: Path) -> None:
+    from longrl.data.prepare import write_jsonl_rows
+
+    path = scored_out.with_name(scored_out.stem + ".skips.jsonl")
+    write_jsonl_rows(skips.to_rows(), path)
+    files = ", ".join(f"{f}: {n}" for f, n in skips.counts_by_file().items())
+    print(f"eval score: skipped {len(skips)} malformed line(s) ({files}); listed in {path}", file=sys.stderr)
+    for row in skips.to_rows()[:5]:
+        print(f"  {row['reason']}", file=sys.stderr)
+
+
 def run_score(args, cfg) -> int:
-    from longrl.eval.harness import scored_from_predictions
+    from longrl.data.readers import SkipLog
+    from longrl.eval.harness import read_predictions, scored_from_predictions
     from longrl.eval.report import summarize
 
-    rows = []
-    with open(args.predictions, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
+    skips = SkipLog()
+    rows = read_predictions(args.predictions, args.on_error, skips)
+    if len(skips):
+        _report_skips(skips, Path(args.scored_out))
     judge = _judge(cfg)
     records = scored_from_predictions(rows, cfg.eval, judge)
     Path(args.scored_out).parent.mkdir(parents=True, exist_ok=True)
@@ -167,10 +180,26 @@ def run_score(args, cfg) -> int:
     return 0
 
 
+def check_locations(args, cfg) -> None:
+    """The model and tokenizer a generating run will load exist (or may be hub ids), before any work."""
+    from longrl.locations import check_location
+
+    if not args.endpoint:
+        if args.model_path:
+            check_location(args.model_path, "--model-path")
+        else:
+            check_location(cfg.model.path, "model.path", source=cfg.source_of("model.path"))
+    if args.tokenizer:
+        check_location(args.tokenizer, "--tokenizer", "tokenizer")
+    else:
+        check_location(cfg.model.tokenizer, "model.tokenizer", "tokenizer", cfg.source_of("model.tokenizer"))
+
+
 def run(args) -> int:
     cfg = _load_config(args)
     if args.eval_action == "score":
         return run_score(args, cfg)
+    check_locations(args, cfg)
     return run_generate(args, cfg)
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from longrl.config import ConfigError, EvalConfig
-from longrl.data.records import DocQASample
-from longrl.eval.benchmarks import get_benchmark
+from longrl.data.records import DocQASample, RecordError
+from longrl.eval.benchmarks import BENCHMARKS, get_benchmark
 from longrl.eval.metrics import judge_prediction, split_thinking
 from longrl.rollout.openai import RETRY_STATUS, GenerationError
 
@@ -391,6 +391,58 @@ def score_generations(samples: dict[str, list[DocQASample]], cache: GenerationCa
     if judge is not None:
         apply_judge(records, {(b, s.id): s.question for b, v in samples.items() for s in v}, judge)
     return records
+
+
+PREDICTION_FIELDS = ("benchmark", "id", "response", "answers")
+"""Fields every line of a predictions file for ``longrl eval score`` must have."""
+
+
+def _check_prediction(rec: Any) -> None:
+    """Raise _FieldError for a predictions line that :func:`scored_from_predictions` cannot score."""
+    from longrl.data.readers import _answer_list, _FieldError
+
+    if not isinstance(rec, dict):
+        raise _FieldError("<record>", "expected a JSON object")
+    for f in PREDICTION_FIELDS:
+        if f not in rec:
+            raise _FieldError(f, "missing")
+    if not isinstance(rec["benchmark"], str) or rec["benchmark"] not in BENCHMARKS:
+        raise _FieldError("benchmark", f"unknown benchmark {rec['benchmark']!r}; known: {', '.join(BENCHMARKS)}")
+    if not isinstance(rec["id"], str | int):
+        raise _FieldError("id", f"expected a string or integer, got {type(rec['id']).__name__}")
+    if rec["response"] is not None and not isinstance(rec["response"], str):
+        raise _FieldError("response", f"expected a string or null, got {type(rec['response']).__name__}")
+    _answer_list(rec["answers"], "answers")
+
+
+def read_predictions(path: str | Path, on_error: str = "raise", skips=None) -> list[dict[str, Any]]:
+    """Lines {benchmark, id, response, answers} of a predictions JSONL file, checked.
+
+    A malformed line is a :class:`~longrl.data.records.RecordError` naming the file line (blank lines
+    count) and the field, raised (``on_error="raise"``) or recorded in ``skips``, a
+    :class:`~longrl.data.readers.SkipLog` (``"skip"``).
+    """
+    from longrl.data.readers import _FieldError, _iter_json_records
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(str(path), "-", "<file>", "not found")
+    rows = []
+    for kind, pos, rec in _iter_json_records(path):
+        try:
+            if isinstance(rec, RecordError):
+                raise rec
+            try:
+                _check_prediction(rec)
+            except _FieldError as e:
+                raise RecordError(str(path), f"{kind} {pos}", e.field_name, e.message) from None
+        except RecordError as err:
+            if on_error == "raise":
+                raise
+            skips.add(err)
+            continue
+        rows.append(rec)
+    return rows
 
 
 def scored_from_predictions(rows: Iterable[dict[str, Any]], cfg: EvalConfig, judge=None) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +228,116 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
     else:
         log.warning("%s has no RNG state for rank %d (different process count?); RNG not restored", path, rank)
     return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+# ---------------------------------------------------------------------------- the run's config, on resume
+RUN_CONFIG = "config.yaml"
+"""The resolved config of a training run, written in its run directory and compared on resume."""
+
+HARMLESS_CONFIG_KEYS = (
+    "output_dir", "save_every", "keep_checkpoints", "logging", "eval", "pipeline.stage_eval",
+    "pipeline.eval_batch_size", "pipeline.eval_batch_tokens", "pipeline.threads", "data.cache_dir",
+    "data.token_count_workers", "rl.micro_token_budget", "rl.logprob_chunk", "sft.micro_token_budget",
+    "sft.loss_chunk", "rollout.endpoint", "rollout.max_concurrency", "rollout.timeout_s", "rollout.max_retries",
+    "rollout.sync_dir", "reward.judge.endpoint", "reward.judge.api_key_env", "reward.judge.concurrency",
+    "reward.judge.timeout_s", "reward.judge.max_retries", "reward.judge.backoff_s", "reward.judge.max_backoff_s",
+    "reward.judge.cache_path", "reward.judge.batch_size",
+)
+"""Keys (and sections) whose change on resume leaves the training trajectory as it was: where files go,
+logging and progress, checkpoint cadence, evaluation, and memory / transport knobs (micro-batch token
+budgets and chunk sizes change results only by floating-point summation order; endpoints, timeouts,
+retries and concurrency only how requests travel). Any other change is refused on resume unless
+``--allow-config-change``."""
+
+
+def is_harmless_change(key: str) -> bool:
+    """True when changing ``key`` (a dotted config path) on resume does not alter the training trajectory."""
+    return any(key == k or key.startswith((k + ".", k + "[")) for k in HARMLESS_CONFIG_KEYS)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs (missing = None), sorted by key."""
+    a, b = _flatten(old), _flatten(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _describe(changes: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}" for k, a, b in changes)
+
+
+def check_run_config(run_dir: str | Path, config: dict[str, Any], *, allow_change: bool = False,
+                     source_of=None) -> list[str]:
+    """Compare ``config`` with the one saved when the run in ``run_dir`` started (call it only when resuming).
+
+    Raises :class:`~longrl.config.ConfigError` (naming the first changed key, and where its value came
+    from through ``source_of(key)``) when a change alters the training trajectory (see
+    :data:`HARMLESS_CONFIG_KEYS`) and ``allow_change`` is False. Returns lines describing what changed.
+    """
+    import yaml
+
+    from longrl.config import ConfigError
+
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        return []
+    changes = config_changes(yaml.safe_load(path.read_text()) or {}, config)
+    altering = [c for c in changes if not is_harmless_change(c[0])]
+    if altering and not allow_change:
+        key = altering[0][0]
+        raise ConfigError(key, f"changed since the run in {run_dir} started ({_describe(altering)}); this alters the "
+                               f"training trajectory. Resume with the config saved in {path}, use another "
+                               f"output_dir, or pass --allow-config-change to resume with the new values",
+                          source_of(key) if source_of else None)
+    lines = []
+    if altering:
+        lines.append(f"config changed since the run started, allowed by --allow-config-change: {_describe(altering)}")
+    harmless = [c for c in changes if is_harmless_change(c[0])]
+    if harmless:
+        lines.append(f"config changed since the run started (does not alter training): {_describe(harmless)}")
+    return lines
+
+
+def save_run_config(run_dir: str | Path, config: dict[str, Any]) -> None:
+    """Write the run's resolved config (atomically; not at all when unchanged) for :func:`check_run_config`."""
+    import yaml
+
+    path = Path(run_dir) / RUN_CONFIG
+    text = yaml.safe_dump(config, sort_keys=False)
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(RUN_CONFIG + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def open_run(run_dir: str | Path, config: dict[str, Any], *, allow_change: bool, source_of=None,
+             main: bool = True) -> Path | None:
+    """Before any training: the newest valid checkpoint of the run in ``run_dir`` (None = a fresh start).
+
+    When there is one, the config is checked against the saved one (:func:`check_run_config`) and what
+    changed is printed; then (main process) the config is saved as the run's.
+    """
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    notes = check_run_config(run_dir, config, allow_change=allow_change, source_of=source_of) if ckpt else []
+    if main:
+        for line in notes:
+            print(f"{run_dir}: {line}", file=sys.stderr)
+        save_run_config(run_dir, config)
+    return ckpt
+
+
+def announce_resume(run_dir: str | Path, step: int, ckpt: Path, main: bool = True) -> None:
+    """The console line of a resumed run."""
+    if main:
+        print(f"{run_dir}: resumed from step {step} (checkpoint {ckpt})", file=sys.stderr, flush=True)

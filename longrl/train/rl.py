@@ -32,6 +32,7 @@ import argparse
 import copy
 import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -168,6 +169,9 @@ class RLRun:
     on_accuracies: AccuracyCallback | None = None
     nonfinite_in_row: int = 0
     skipped_updates: int = 0
+    """Steps with no update (no informative group) plus updates skipped for a non-finite loss or gradient."""
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    """The last step's metrics (saved in checkpoints, so a finished run can report them)."""
     aepo: Any = None
     """:class:`~longrl.algo.aepo.AEPOState` in AEPO batch mode (checkpointed), else None."""
 
@@ -179,6 +183,8 @@ class RLResult:
     final_dir: Path
     last_metrics: dict[str, float]
     skipped_updates: int
+    already_complete: bool = False
+    """The run directory held a finished run: nothing was trained or rewritten."""
 
 
 # ---------------------------------------------------------------------------- 1-3: rollouts, rewards, filtering
@@ -478,6 +484,7 @@ def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
                  for _ in range(run.s.epochs) for mb in mini_batches(pieces, seqs, run.s.mini_batches)]
         train = _mean_metrics(stats) | aepo_metrics
     else:
+        run.skipped_updates += 1
         log.warning("step %d: no informative group after %d round(s); no update", step + 1,
                     int(sampling.get("sampling/rounds", 0)))
     train["actor/lr"] = run.optimizer.param_groups[0]["lr"]
@@ -585,14 +592,14 @@ def _checkpoint_state(run: RLRun, extra_state: dict[str, Any]) -> dict[str, Any]
     return {"sampler": run.sampler.state_dict(),
             "extra": {k: v.state_dict() for k, v in extra_state.items()},
             "nonfinite_in_row": run.nonfinite_in_row, "skipped_updates": run.skipped_updates,
-            "aepo": run.aepo.state_dict() if run.aepo is not None else None}
+            "aepo": run.aepo.state_dict() if run.aepo is not None else None,
+            "last_metrics": run.last_metrics}
 
 
-def _resume(run: RLRun, ckpt_root: Path, extra_state: dict[str, Any]) -> int:
-    """Restore the newest valid checkpoint under ``ckpt_root``; return the step to continue from."""
-    from longrl.train.checkpoint import latest_checkpoint, load_checkpoint
+def _resume(run: RLRun, path: Path | None, extra_state: dict[str, Any], run_dir: Path) -> int:
+    """Restore checkpoint ``path`` (None: a fresh start); return the step to continue from."""
+    from longrl.train.checkpoint import announce_resume, load_checkpoint
 
-    path = latest_checkpoint(ckpt_root)
     if path is None:
         return 0
     trainer = load_checkpoint(path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
@@ -604,8 +611,17 @@ def _resume(run: RLRun, ckpt_root: Path, extra_state: dict[str, Any]) -> int:
     run.nonfinite_in_row, run.skipped_updates = state["nonfinite_in_row"], state["skipped_updates"]
     if run.aepo is not None and state.get("aepo"):
         run.aepo.load_state_dict(state["aepo"])
-    log.info("resumed from %s (step %d)", path, trainer["step"])
+    run.last_metrics = state.get("last_metrics", {})
+    announce_resume(run_dir, int(trainer["step"]), path, run.accelerator.is_main_process)
     return int(trainer["step"])
+
+
+def run_config(cfg, s: RLSettings) -> dict[str, Any]:
+    """The resolved config of one RL run: ``cfg`` with the phase's overrides applied (saved, compared on resume)."""
+    d = cfg.to_dict()
+    d["seed"], d["rl"]["steps"] = s.seed, s.steps
+    d["rollout"].update(max_new_tokens=s.max_new_tokens, temperature=s.temperature)
+    return d
 
 
 def build_generator(cfg, model, tokenizer):
@@ -647,7 +663,8 @@ def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generat
 def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, *, run_dir: str | Path,
              steps: int | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
              seed: int | None = None, on_accuracies: AccuracyCallback | None = None, generator=None,
-             ref_model=None, extra_state: dict[str, Any] | None = None, accelerator=None) -> RLResult:
+             ref_model=None, extra_state: dict[str, Any] | None = None, accelerator=None,
+             allow_config_change: bool = False) -> RLResult:
     """Run (or resume, or re-enter after completion) one RL phase on ``model`` in place.
 
     ``cfg`` is the :class:`~longrl.config.Config` (algo, rl, rollout, reward.overlong, logging, seed,
@@ -659,18 +676,30 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
     copy of ``model`` at entry, when ``algo.kl_coef > 0``) is pi_ref.
 
     Checkpoints: ``run_dir/checkpoints`` every ``save_every`` steps and at the last step; calling again
-    with the same ``run_dir`` resumes from the newest valid one. The final model + tokenizer are written
-    to ``run_dir/final``. Every process must call this with the same arguments.
+    with the same ``run_dir`` resumes from the newest valid one (announced on stderr), after comparing
+    the resolved config with ``run_dir/config.yaml``: a change that alters the trajectory raises
+    ConfigError unless ``allow_config_change`` (see :func:`longrl.train.checkpoint.check_run_config`).
+    A finished run (last checkpoint at the last step, ``final`` written) is reported, with its saved
+    final metrics, and left untouched. The final model + tokenizer are written to ``run_dir/final``.
+    Every process must call this with the same arguments.
     """
+    from longrl.train.checkpoint import open_run
     from longrl.train.optim import seed_everything
     from longrl.train.runtime import default_accelerator, save_final
 
     accelerator = accelerator or default_accelerator()
     s = RLSettings.from_config(cfg, steps, max_new_tokens, temperature, seed)
     run_dir, extra_state = Path(run_dir), extra_state or {}
+    ckpt = open_run(run_dir, run_config(cfg, s), allow_change=allow_config_change, source_of=cfg.source_of,
+                    main=accelerator.is_main_process)
     seed_everything(s.seed)
     run = _build_run(model, tokenizer, sampler, reward_fn, s, cfg, generator, ref_model, on_accuracies, accelerator)
-    start = _resume(run, run_dir / "checkpoints", extra_state)
+    start = _resume(run, ckpt, extra_state, run_dir)
+    if start >= s.steps and (run_dir / "final").is_dir():
+        if accelerator.is_main_process:
+            print(f"{run_dir}: already complete at step {start}; nothing to do", file=sys.stderr)
+        return RLResult(steps=s.steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
+                        skipped_updates=run.skipped_updates, already_complete=True)
     metrics = _loop(run, run_dir, start, extra_state, cfg.to_dict())
     final = save_final(model, tokenizer, run_dir / "final", accelerator)
     return RLResult(steps=s.steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
@@ -685,10 +714,11 @@ def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any], co
     tel = Telemetry(run_dir, total_steps=s.steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
                     tensorboard=lc.tensorboard, wandb_project=lc.wandb_project, progress=lc.progress,
                     enabled=run.accelerator.is_main_process, config=config)
-    metrics: dict[str, float] = {}
+    metrics = dict(run.last_metrics)
     try:
         for step in range(start, s.steps):
             metrics, generated = rl_step(run, step)
+            run.last_metrics = metrics
             if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == s.steps):
                 tel.log(step + 1, metrics)
             if lc.rollout_samples_every and (step + 1) % lc.rollout_samples_every == 0:
@@ -706,6 +736,8 @@ def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any], co
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides (e.g. model.path=runs/x/sft/final)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume a run whose config changed in a way that alters training (prints what changed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -714,10 +746,12 @@ def run(args: argparse.Namespace) -> int:
     from longrl.curriculum.phases import PhaseSampler
     from longrl.curriculum.samplers import source_weights
     from longrl.data.readers import read_sources
+    from longrl.locations import check_model_config
     from longrl.models import load_policy
     from longrl.train.runtime import default_accelerator
 
     cfg = load_config(args.config, args.overrides)
+    check_model_config(cfg)
     if not cfg.data.sources:
         raise ConfigError("data.sources", "no RL data: set data.sources", args.config)
     samples = read_sources(cfg.data.sources, cfg.data.on_error)
@@ -728,10 +762,12 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_policy(cfg.model)
     model.to(accelerator.device)
     result = train_rl(model, tokenizer, sampler, make_reward_fn(cfg.reward), cfg,
-                      run_dir=Path(cfg.output_dir) / "rl", accelerator=accelerator)
+                      run_dir=Path(cfg.output_dir) / "rl", accelerator=accelerator,
+                      allow_config_change=args.allow_config_change)
     if accelerator.is_main_process:
         m = result.last_metrics
-        print(f"RL done: {result.steps} steps, reward {m.get('reward/mean', float('nan')):.3f}, "
+        head = f"RL already complete at step {result.steps}" if result.already_complete else "RL done"
+        print(f"{head}: {result.steps} steps, reward {m.get('reward/mean', float('nan')):.3f}, "
               f"acc {m.get('reward/acc', float('nan')):.3f}, skipped updates {result.skipped_updates}; "
               f"model in {result.final_dir}")
     return 0

@@ -17,8 +17,8 @@ plus continued pretraining on the documents (a dense signal for a model trained 
 from __future__ import annotations
 
 import argparse
-import logging
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +28,6 @@ import torch
 from longrl.data.readers import read_sources
 from longrl.data.records import DocQASample
 from longrl.train.runtime import default_accelerator, save_final
-
-log = logging.getLogger(__name__)
 
 SFT_TEMPLATE = "<think>\n{reasoning}\n</think>\n\nTherefore, the answer is {answer}."
 """Assistant target for samples without a full ``metadata["response"]``."""
@@ -53,6 +51,8 @@ class SFTResult:
     train_loss: float
     heldout_loss: float
     skipped_long: int
+    already_complete: bool = False
+    """The run directory held a finished run: nothing was trained or rewritten."""
 
 
 def sft_target(sample: DocQASample) -> str:
@@ -209,19 +209,28 @@ def _sft_step(model, params, optimizer, scheduler, accelerator, batch: list[SFTE
 
 def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str | Path, seed: int = 0,
               heldout: list[DocQASample] | None = None, logging_cfg=None, save_every: int = 0,
-              keep_checkpoints: int = 2, accelerator=None) -> SFTResult:
+              keep_checkpoints: int = 2, accelerator=None, run_config: dict | None = None,
+              allow_config_change: bool = False, source_of=None) -> SFTResult:
     """Warm-up SFT of ``model`` in place, as ``cfg`` (an :class:`~longrl.config.SFTConfig`) says.
 
     ``heldout`` None splits ``cfg.heldout_fraction`` off ``samples``. Checkpoints go to
-    ``run_dir/checkpoints`` (resumed from when present); the final model + tokenizer to
-    ``run_dir/final``. Every process must call this with the same arguments.
+    ``run_dir/checkpoints`` every ``save_every`` steps and at the last step, and are resumed from (with
+    the RL loop's rules: announced; ``run_config``, default the SFT section and seed, compared with the
+    saved one, a change that alters training refused unless ``allow_config_change``; a finished run
+    reported and left untouched). The final model + tokenizer go to ``run_dir/final``. Every process
+    must call this with the same arguments.
     """
-    from longrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from dataclasses import asdict
+
+    from longrl.train.checkpoint import announce_resume, load_checkpoint, open_run, save_checkpoint
     from longrl.train.optim import build_optimizer, build_scheduler, seed_everything
     from longrl.train.telemetry import Telemetry
 
     accelerator = accelerator or default_accelerator()
     run_dir = Path(run_dir)
+    main = accelerator.is_main_process
+    ckpt = open_run(run_dir, run_config or {"sft": asdict(cfg), "seed": seed}, allow_change=allow_config_change,
+                    source_of=source_of, main=main)
     seed_everything(seed)
     if heldout is None:
         samples, heldout = split_heldout(samples, cfg.heldout_fraction, seed)
@@ -233,16 +242,20 @@ def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str
     o = cfg.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, tuple(o.betas))
     scheduler = build_scheduler(optimizer, o.warmup_steps, cfg.steps, o.schedule)
-    start = 0
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    start, state = 0, {}
     if ckpt is not None:
-        start = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
-                                accelerator=accelerator)["step"]
-        log.info("SFT resumed from %s (step %d)", ckpt, start)
+        trainer = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator)
+        start, state = int(trainer["step"]), trainer["state"]
+        announce_resume(run_dir, start, ckpt, main)
+    metrics: dict[str, float] = dict(state.get("last_metrics", {}))
+    held_loss = float(state.get("heldout_loss", float("nan")))
+    if start >= cfg.steps and (run_dir / "final").is_dir():
+        if main:
+            print(f"{run_dir}: already complete at step {start}; nothing to do", file=sys.stderr)
+        return SFTResult(run_dir / "final", cfg.steps, metrics.get("sft/loss", float("nan")), held_loss, skipped,
+                         already_complete=True)
     tel = _telemetry(Telemetry, run_dir, cfg.steps, start, logging_cfg, accelerator)
     model.train()
-    metrics: dict[str, float] = {}
-    held_loss = float("nan")
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
@@ -254,9 +267,10 @@ def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str
                 held_loss = heldout_loss(model, held, cfg.micro_token_budget, cfg.loss_chunk, accelerator)
                 metrics["sft/heldout_loss"] = held_loss
             tel.log(step + 1, metrics)
-            if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+            if (save_every and (step + 1) % save_every == 0) or step + 1 == cfg.steps:
                 save_checkpoint(run_dir / "checkpoints", step + 1, model=model, optimizer=optimizer,
-                                scheduler=scheduler, accelerator=accelerator, keep=keep_checkpoints)
+                                scheduler=scheduler, accelerator=accelerator, keep=keep_checkpoints,
+                                state={"last_metrics": metrics, "heldout_loss": held_loss})
     finally:
         tel.close()
     final = save_final(model, tokenizer, run_dir / "final", accelerator)
@@ -281,6 +295,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "trained on the SFT texts (CPU demo / smoke runs)")
     parser.add_argument("--tiny-hidden", type=int, default=64, help="hidden size for --init-tiny")
     parser.add_argument("--tiny-layers", type=int, default=2, help="layers for --init-tiny")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume a run whose config changed in a way that alters training (prints what changed)")
 
 
 def init_tiny_model(path: str, samples: list[DocQASample], hidden: int, layers: int) -> None:
@@ -293,11 +309,22 @@ def init_tiny_model(path: str, samples: list[DocQASample], hidden: int, layers: 
     save_pretrained_dir(model, tok, path)
 
 
+SFT_CONFIG_SECTIONS = ("seed", "output_dir", "save_every", "keep_checkpoints", "model", "data", "sft", "logging")
+"""The config sections `longrl sft` depends on: saved with the run, compared on resume (rl.* may change)."""
+
+
+def sft_run_config(cfg) -> dict:
+    d = cfg.to_dict()
+    return {k: d[k] for k in SFT_CONFIG_SECTIONS}
+
+
 def run(args: argparse.Namespace) -> int:
     from longrl.config import ConfigError, load_config
+    from longrl.locations import check_model_config
     from longrl.models import load_policy
 
     cfg = load_config(args.config, args.overrides)
+    check_model_config(cfg, path=not (args.init_tiny and cfg.model.path and not Path(cfg.model.path).exists()))
     sources = cfg.sft.sources or cfg.data.sources
     if not sources:
         raise ConfigError("sft.sources", "no SFT data: set sft.sources or data.sources", args.config)
@@ -309,9 +336,11 @@ def run(args: argparse.Namespace) -> int:
     model.to(accelerator.device)
     result = train_sft(model, tokenizer, samples, cfg.sft, run_dir=Path(cfg.output_dir) / "sft", seed=cfg.seed,
                        logging_cfg=cfg.logging, save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints,
-                       accelerator=accelerator)
+                       accelerator=accelerator, run_config=sft_run_config(cfg), allow_config_change=args.allow_config_change,
+                       source_of=cfg.source_of)
     if accelerator.is_main_process:
-        print(f"SFT done: {result.steps} steps, train loss {result.train_loss:.4f}, "
+        head = f"SFT already complete at step {result.steps}" if result.already_complete else "SFT done"
+        print(f"{head}: {result.steps} steps, train loss {result.train_loss:.4f}, "
               f"held-out loss {result.heldout_loss:.4f}, skipped {result.skipped_long} over-long; "
               f"model in {result.final_dir}")
     return 0

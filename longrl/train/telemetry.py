@@ -2,8 +2,13 @@
 
 Metric keys are namespaced (``reward/mean``, ``actor/entropy``, ``loss/clip_frac``,
 ``response_length/mean``, ``sampling/filtered_groups``, ``judge/*``, ``perf/*``). Only the main process
-writes. On resume, records past the resumed step are dropped from the JSONL files, so a killed and
-resumed run leaves the same files as an uninterrupted one.
+writes. On resume, records past the resumed step are dropped from the JSONL files and from the
+TensorBoard event files (rewritten without them), so a killed and resumed run leaves the same
+records as an uninterrupted one.
+
+``metrics.jsonl`` and ``rollout_samples.jsonl`` are strict JSON: a non-finite value (NaN, inf; e.g.
+``reward/acc`` of a step with no rollout, or ``sft/heldout_loss`` before the first evaluation) is
+written as ``null``. TensorBoard gets only finite values.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -34,12 +40,52 @@ def _truncate_jsonl(path: Path, after_step: int) -> None:
     path.write_text("".join(k + "\n" for k in kept))
 
 
+def _truncate_tensorboard(tb_dir: Path, after_step: int) -> None:
+    """Rewrite the event files under ``tb_dir`` keeping only events of steps <= ``after_step``.
+
+    The kept events go to one new file (written completely before the old ones are removed), so the
+    resumed run's writer adds the later steps exactly once.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    files = sorted(tb_dir.glob("events.out.tfevents.*")) if tb_dir.is_dir() else []
+    if not files:
+        return
+    events = [Event.FromString(raw) for f in files for raw in RawEventFileLoader(str(f)).Load()]
+    events = [ev for ev in events
+              if ev.step <= after_step and not ev.HasField("file_version") and not ev.HasField("session_log")]
+    tmp = tb_dir / ".truncate"
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = EventFileWriter(str(tmp))
+    for ev in events:
+        writer.add_event(ev)
+    writer.close()
+    for f in tmp.iterdir():
+        f.replace(tb_dir / f.name)
+    tmp.rmdir()
+    for f in files:
+        f.unlink()
+
+
 def _clean(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
         if isinstance(v, bool | int | float):
             out[k] = float(v)
     return out
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (in dicts and lists too) replaced by None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class Telemetry:
@@ -64,7 +110,8 @@ class Telemetry:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1)
+            _truncate_tensorboard(self.run_dir / "tb", start_step)
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
         if wandb_project and importlib.util.find_spec("wandb") is not None:
             import wandb
 
@@ -88,7 +135,7 @@ class Telemetry:
         values = _clean(metrics)
         if self._jsonl:
             with self.metrics_path.open("a") as f:
-                f.write(json.dumps({"step": step, **values}) + "\n")
+                f.write(json.dumps({"step": step, **json_safe(values)}, allow_nan=False) + "\n")
         if self._tb is not None:
             for k, v in values.items():
                 if math.isfinite(v):
@@ -106,7 +153,7 @@ class Telemetry:
             return
         with self.samples_path.open("a") as f:
             for r in records:
-                f.write(json.dumps({"step": step, **r}, default=str) + "\n")
+                f.write(json.dumps(json_safe({"step": step, **r}), default=str, allow_nan=False) + "\n")
 
     def close(self) -> None:
         if self._progress is not None:

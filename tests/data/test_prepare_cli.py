@@ -91,3 +91,20 @@ def test_parse_bounds_rejects(text):
 def test_prepare_without_sources_is_a_config_error(tmp_path, capsys):
     assert main(["prepare", "--out", str(tmp_path)]) == 2
     assert "no sources" in capsys.readouterr().err
+
+
+def test_prepare_non_utf8_line_is_an_error_or_a_counted_skip(fixtures_dir, tmp_path, capsys):
+    bad = tmp_path / "latin.jsonl"
+    lines = (fixtures_dir / "plain.jsonl").read_bytes().splitlines()
+    bad.write_bytes(b"\n".join([lines[0], '{"document": "caf\u00e9", "question": "q?", "answer": "a"}'.encode("latin-1"),
+                                *lines[1:]]) + b"\n")
+    assert main(["prepare", "--source", str(bad), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}:line 2: field '<encoding>': not UTF-8") and "Traceback" not in err
+
+    out = tmp_path / "o2"
+    assert main(["prepare", "--source", str(bad), "--on-error", "skip", "--out", str(out)]) == 0
+    assert "skipped 1 malformed record" in capsys.readouterr().out
+    (skip,) = [json.loads(line) for line in (out / "skips.jsonl").read_text().splitlines()]
+    assert (skip["where"], skip["field"]) == ("line 2", "<encoding>")
+    assert json.loads((out / "manifest.json").read_text())["skipped"] == 1

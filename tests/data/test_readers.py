@@ -203,3 +203,47 @@ def test_verl_export_schema_and_round_trip(fixtures_dir, shared_samples_dir, tmp
     for s in samples:
         s.document, s.question = s.document.strip(), s.question.strip()
     assert back == samples
+
+
+def _latin1_file(tmp_path, bad_first: bool = False):
+    """A jsonl file whose second (or first) line is Latin-1, not UTF-8 ('café' as byte 0xE9)."""
+    bad = json.dumps({**GOOD, "id": "latin"}, ensure_ascii=False).replace("d", "caf\u00e9", 1).encode("latin-1")
+    good = [json.dumps({**GOOD, "id": f"g{i}"}).encode() for i in range(2)]
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b"\n".join([bad, *good] if bad_first else [good[0], bad, good[1]]) + b"\n")
+    return path
+
+
+def test_non_utf8_line_names_file_and_line(tmp_path):
+    path = _latin1_file(tmp_path)
+    with pytest.raises(RecordError) as err:
+        read_plain_jsonl(path)
+    assert (err.value.where, err.value.field_name) == ("line 2", "<encoding>")
+    assert "not UTF-8" in str(err.value) and "0xe9" in str(err.value)
+
+
+@pytest.mark.parametrize("bad_first", [False, True])
+def test_non_utf8_line_is_a_counted_skip(tmp_path, bad_first):
+    path = _latin1_file(tmp_path, bad_first)
+    skips = SkipLog()
+    samples = read_source(path, on_error="skip", skips=skips)  # auto: detection looks past the bad line
+    assert [s.id for s in samples] == ["g0", "g1"]
+    assert [(r["where"], r["field"]) for r in skips.to_rows()] == [("line 1" if bad_first else "line 2", "<encoding>")]
+
+
+def test_non_utf8_json_array_names_the_line(tmp_path):
+    path = tmp_path / "dm.json"
+    path.write_bytes(b'[\n{"question_id": "a",\n "question": "caf\xe9?"}\n]\n')
+    with pytest.raises(RecordError) as err:
+        read_docmath(path)
+    assert (err.value.where, err.value.field_name) == ("line 3", "<encoding>")
+
+
+def test_line_numbers_are_newline_counts(tmp_path):
+    """A U+2028 inside a JSON string is not a line break (str.splitlines would split the record)."""
+    path = tmp_path / "ls.jsonl"
+    rec = {**GOOD, "document": "one\u2028two"}
+    path.write_text(json.dumps(rec, ensure_ascii=False) + "\n" + json.dumps({"document": "d", "question": "q?"}) + "\n",
+                    encoding="utf-8")
+    assert read_plain_jsonl(path, on_error="skip", skips=(skips := SkipLog()))[0].document == "one\u2028two"
+    assert [r["where"] for r in skips.to_rows()] == ["line 2"]

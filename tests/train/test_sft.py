@@ -121,3 +121,37 @@ def test_sft_then_rl_from_one_yaml(tmp_path):
                  "rl.prompts_per_step=2", *common]) == 0
     rows = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and (out / "rl" / "final" / "model.safetensors").is_file()
+
+
+def test_sft_rerun_rules(tmp_path, tiny_model_dir, capsys):
+    """`longrl sft` on an existing run: a finished run is reported and left untouched; an interrupted one
+    announces its resume; a change that alters training is refused unless --allow-config-change."""
+    import shutil
+
+    from longrl.cli import main
+    from longrl.data.readers import write_jsonl
+    from longrl.data.synth import generate
+
+    data = tmp_path / "train.jsonl"
+    write_jsonl(generate(16, 40, seed=0), data)
+    run = tmp_path / "run" / "sft"
+    args = ["sft", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), f"model.path={tiny_model_dir}",
+            f"output_dir={tmp_path / 'run'}", f"data.sources=[{{path: {data}, format: synthetic}}]",
+            "logging.progress=false", "sft.steps=3", "sft.batch_size=4", "save_every=1", "keep_checkpoints=5",
+            "sft.eval_every=0"]
+    assert main(args) == 0
+    done = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("SFT done"))
+    files = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert main(args) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "already complete" in x)
+    assert line.startswith("SFT already complete at step 3") and line.split(":", 1)[1] == done.split(":", 1)[1]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == files
+
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints" / "step-00000003")
+    assert main(args + ["sft.optim.lr=0.1"]) == 2
+    assert "'sft.optim.lr'" in capsys.readouterr().err
+    assert main(args + ["logging.tensorboard=false"]) == 0
+    err = capsys.readouterr().err
+    assert f"resumed from step 2 (checkpoint {run / 'checkpoints' / 'step-00000002'})" in err
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

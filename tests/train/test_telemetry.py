@@ -47,3 +47,44 @@ def test_disabled_telemetry_writes_nothing(tmp_path):
     tel.log(1, {"reward/score": 1.0})
     tel.close()
     assert not (tmp_path / "off").exists()
+
+
+def _tb_events(run_dir) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every scalar in every event file under run_dir/tb, read back raw."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    out = []
+    for f in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        for ev in EventFileLoader(str(f)).Load():
+            for v in ev.summary.value:
+                value = v.simple_value if v.HasField("simple_value") else float(tensor_util.make_ndarray(v.tensor))
+                out.append((v.tag, ev.step, round(value, 6)))
+    return out
+
+
+def test_metrics_jsonl_is_strict_json_with_null_for_non_finite(tmp_path):
+    tel = Telemetry(tmp_path, total_steps=1, progress=False, tensorboard=False)
+    tel.log(1, {"reward/acc": float("nan"), "loss/kl": float("inf"), "reward/score": 0.5})
+    tel.close()
+    line = (tmp_path / "metrics.jsonl").read_text().strip()
+    assert "NaN" not in line and "Infinity" not in line
+    rec = json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert rec == {"step": 1, "reward/acc": None, "loss/kl": None, "reward/score": 0.5}
+
+
+def test_tensorboard_after_resume_has_each_step_once(tmp_path):
+    """A killed run logged steps 1-3 but checkpointed at 1: after the resume, the event files hold
+    steps 2-3 once, with the resumed run's values (as the JSONL does)."""
+    tel = Telemetry(tmp_path, total_steps=3, progress=False)
+    for step in (1, 2, 3):
+        tel.log(step, {"reward/score": 0.1 * step})
+    tel.close()
+    tel = Telemetry(tmp_path, total_steps=3, start_step=1, progress=False)
+    for step in (2, 3):
+        tel.log(step, {"reward/score": 0.5 + step})
+    tel.close()
+    events = _tb_events(tmp_path)
+    assert sorted((s, v) for tag, s, v in events if tag == "reward/score") == [(1, 0.1), (2, 2.5), (3, 3.5)]
+    tb = _tb_scalars(tmp_path)
+    assert [(s, round(v, 6)) for s, v in tb["reward/score"]] == [(1, 0.1), (2, 2.5), (3, 3.5)]
