@@ -32,22 +32,15 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
+from longrl.algo.registry import Registry
+
 AdvantageFn = Callable[..., torch.Tensor]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
+ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage mode")
 """Name -> estimator ``fn(rewards_N, group_index_N, num_groups, eps, task_index_N) -> adv_N``;
 the names are the values of ``AlgoConfig.advantage``."""
 
-
-def register_advantage_estimator(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Decorator adding an estimator to :data:`ADVANTAGE_ESTIMATORS`; a duplicate name is an error."""
-
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator '{name}' is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return deco
+register_advantage_estimator = ADVANTAGE_ESTIMATORS.register
+"""Decorator adding an estimator to :data:`ADVANTAGE_ESTIMATORS`; a duplicate name is an error."""
 
 
 def index_ids(ids_N: torch.Tensor | Sequence[Hashable]) -> tuple[torch.Tensor, int]:
@@ -147,8 +140,7 @@ def compute_advantages(
     ``task_ids_N`` (task type per rollout, e.g. "qa" / "numeric" / "mcq") is needed by ``task_std``.
     ``mode`` is a key of :data:`ADVANTAGE_ESTIMATORS`. A group of one always gets 0.
     """
-    if mode not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage mode '{mode}'; choose from {sorted(ADVANTAGE_ESTIMATORS)}")
+    estimator = ADVANTAGE_ESTIMATORS.lookup(mode)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     rewards_N = torch.as_tensor(rewards_N)
@@ -167,4 +159,4 @@ def compute_advantages(
             raise ValueError(f"{task_index_N.numel()} task ids for {rewards_N.numel()} rewards")
         task_index_N = task_index_N.to(rewards_N.device)
     group_index_N = group_index_N.to(rewards_N.device)
-    return ADVANTAGE_ESTIMATORS[mode](rewards_N, group_index_N, num_groups, eps, task_index_N)
+    return estimator(rewards_N, group_index_N, num_groups, eps, task_index_N)

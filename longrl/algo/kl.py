@@ -28,31 +28,32 @@ from collections.abc import Callable
 
 import torch
 
+from longrl.algo.registry import Registry
+
 LOG_RATIO_CLAMP = 20.0
 """|log r| bound before exponentiating in k3 (verl)."""
 K3_CLAMP = 10.0
 """|k3| bound on the per-token estimate (verl)."""
 
 
+KL_ESTIMATORS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("KL estimator")
+"""Name -> per-token estimator; the names are the values of ``AlgoConfig.kl_estimator``."""
+
+
+@KL_ESTIMATORS.register("k1")
 def _k1(logps_BT: torch.Tensor, ref_logps_BT: torch.Tensor) -> torch.Tensor:
     return logps_BT - ref_logps_BT
 
 
+@KL_ESTIMATORS.register("k2")
 def _k2(logps_BT: torch.Tensor, ref_logps_BT: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logps_BT - ref_logps_BT).square()
 
 
+@KL_ESTIMATORS.register("k3")
 def _k3(logps_BT: torch.Tensor, ref_logps_BT: torch.Tensor) -> torch.Tensor:
     log_r_BT = (ref_logps_BT - logps_BT).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return (log_r_BT.exp() - log_r_BT - 1).clamp(-K3_CLAMP, K3_CLAMP)
-
-
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "k1": _k1,
-    "k2": _k2,
-    "k3": _k3,
-}
-"""Name -> per-token estimator; the names are the values of ``AlgoConfig.kl_estimator``."""
 
 
 def kl_estimate(logps_BT: torch.Tensor, ref_logps_BT: torch.Tensor, kind: str = "k3") -> torch.Tensor:
@@ -60,11 +61,10 @@ def kl_estimate(logps_BT: torch.Tensor, ref_logps_BT: torch.Tensor, kind: str = 
 
     Masking and aggregation are the caller's (see :func:`longrl.algo.losses.aggregate`).
     """
-    if kind not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator '{kind}'; choose from {sorted(KL_ESTIMATORS)}")
+    estimator = KL_ESTIMATORS.lookup(kind)
     if logps_BT.shape != ref_logps_BT.shape:
         raise ValueError(f"shape mismatch: logps {tuple(logps_BT.shape)} vs ref {tuple(ref_logps_BT.shape)}")
-    return KL_ESTIMATORS[kind](logps_BT, ref_logps_BT)
+    return estimator(logps_BT, ref_logps_BT)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -45,12 +45,12 @@ Differences from verl / TRL
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from longrl.algo.kl import LOG_RATIO_CLAMP, kl_estimate
-
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-"""The values of ``AlgoConfig.loss_agg``."""
+from longrl.algo.registry import Registry
 
 _SUM_KEYS = ("loss/pg_loss", "loss/kl_loss", "loss/entropy_loss", "loss/total", "loss/active_tokens",
              "loss/active_seqs")
@@ -72,6 +72,38 @@ def _denominator(given: int | float | torch.Tensor | None, own: torch.Tensor, na
     return torch.as_tensor(given, dtype=own.dtype, device=own.device).clamp(min=1)
 
 
+LOSS_AGGREGATIONS: Registry[Callable[..., torch.Tensor]] = Registry("loss aggregation")
+"""Name -> ``fn(masked_BT, len_B, num_tokens, num_seqs, norm_const)``; the names are the values of
+``AlgoConfig.loss_agg``."""
+
+
+def _seq_mean(seq_sum_B: torch.Tensor, len_B: torch.Tensor, num_seqs) -> torch.Tensor:
+    return seq_sum_B.sum() / _denominator(num_seqs, (len_B > 0).sum().to(seq_sum_B.dtype), "num_seqs")
+
+
+@LOSS_AGGREGATIONS.register("token-mean")
+def _token_mean(masked_BT, len_B, num_tokens, num_seqs, norm_const):
+    return masked_BT.sum() / _denominator(num_tokens, len_B.sum(), "num_tokens")
+
+
+@LOSS_AGGREGATIONS.register("seq-mean-token-sum")
+def _seq_mean_token_sum(masked_BT, len_B, num_tokens, num_seqs, norm_const):
+    return _seq_mean(masked_BT.sum(-1), len_B, num_seqs)
+
+
+@LOSS_AGGREGATIONS.register("seq-mean-token-mean")
+def _seq_mean_token_mean(masked_BT, len_B, num_tokens, num_seqs, norm_const):
+    return _seq_mean(masked_BT.sum(-1) / len_B.clamp(min=1), len_B, num_seqs)
+
+
+@LOSS_AGGREGATIONS.register("seq-mean-token-sum-norm")
+def _seq_mean_token_sum_norm(masked_BT, len_B, num_tokens, num_seqs, norm_const):
+    const = float(masked_BT.shape[-1]) if norm_const is None else float(norm_const)
+    if const <= 0:
+        raise ValueError(f"norm_const must be > 0, got {norm_const}")
+    return _seq_mean(masked_BT.sum(-1) / const, len_B, num_seqs)
+
+
 def aggregate(
     values_BT: torch.Tensor,
     mask_BT: torch.Tensor,
@@ -87,24 +119,13 @@ def aggregate(
     constant for ``seq-mean-token-sum-norm`` (default ``T = values_BT.shape[-1]``, as verl; pass the
     generation budget so the value does not depend on padding).
     """
-    if agg not in LOSS_AGGREGATIONS:
-        raise ValueError(f"unknown loss aggregation '{agg}'; choose from {list(LOSS_AGGREGATIONS)}")
+    reduce = LOSS_AGGREGATIONS.lookup(agg)
     if values_BT.shape != mask_BT.shape:
         raise ValueError(f"shape mismatch: values {tuple(values_BT.shape)} vs mask {tuple(mask_BT.shape)}")
     active_BT = mask_BT.bool()
     masked_BT = torch.where(active_BT, values_BT, 0.0)
     len_B = active_BT.sum(-1).to(values_BT.dtype)
-    if agg == "token-mean":
-        return masked_BT.sum() / _denominator(num_tokens, len_B.sum(), "num_tokens")
-    seq_sum_B = masked_BT.sum(-1)
-    if agg == "seq-mean-token-mean":
-        seq_sum_B = seq_sum_B / len_B.clamp(min=1)
-    elif agg == "seq-mean-token-sum-norm":
-        const = float(values_BT.shape[-1]) if norm_const is None else float(norm_const)
-        if const <= 0:
-            raise ValueError(f"norm_const must be > 0, got {norm_const}")
-        seq_sum_B = seq_sum_B / const
-    return seq_sum_B.sum() / _denominator(num_seqs, (len_B > 0).sum().to(values_BT.dtype), "num_seqs")
+    return reduce(masked_BT, len_B, num_tokens, num_seqs, norm_const)
 
 
 def clipped_surrogate(
