@@ -221,7 +221,7 @@ class _BehaviourJudging(CachedJudge):
         cache = self.cache if isinstance(self.cache, BehaviourCache) else None
         keys = [JudgeCache.key(self.cfg.model, self.TEMPLATE_VERSION, "behaviours",
                                sanitize_answer(reasoning_part(r), self.max_response_chars), "") for r in responses]
-        known: dict[str, Counts | None] = dict(cache.get_counts(keys)) if cache else {}
+        known: dict[str, Counts | None] = dict(cache.get_counts(keys)) if cache is not None else {}
         self.stats.requests += len(responses)
         todo: dict[str, str] = {}
         for key, resp in zip(keys, responses):
@@ -231,7 +231,7 @@ class _BehaviourJudging(CachedJudge):
             todo[key] = resp
         if todo:
             fresh = dict(zip(todo, self._judge_messages([self.messages(r) for r in todo.values()])))
-            if cache:
+            if cache is not None:
                 cache.put_counts({k: v for k, v in fresh.items() if v is not None}, self.cfg.model,
                                  self.TEMPLATE_VERSION)
             known.update(fresh)
