@@ -10,8 +10,15 @@ import pytest
 
 from longrl.analysis import behaviours_cli
 from longrl.analysis.behaviours import (
-    BEHAVIOURS, aggregate, count_behaviours, count_citations, markdown_table, parse_counts, plot_behaviours,
-    reasoning_part, write_stage_report,
+    BEHAVIOURS,
+    aggregate,
+    count_behaviours,
+    count_citations,
+    markdown_table,
+    parse_counts,
+    plot_behaviours,
+    reasoning_part,
+    write_stage_report,
 )
 
 DOC = ("The river Lumen flows through the old town of Norwick before it reaches the sea. "
@@ -152,7 +159,7 @@ def test_cli_rule_counter_labels_stages_by_folder(tmp_path, capsys):
     stages, phases = _stage_dirs(tmp_path)
     out = tmp_path / "beh"
     argv = ["--out", str(out)]
-    for name, path in stages:
+    for _, path in stages:
         argv += ["--in", str(path)]
     argv += ["--in", f"{phases[0][1] / 'rollout_samples.jsonl'}:rl-samples"]
     assert _cli(argv) == 0
