@@ -53,11 +53,11 @@ def teacher_dir(tmp_path_factory) -> Path:
     tok = build_tiny_tokenizer([DOC, sample.question, ANSWER, "Which river flows through Norwick?"] * 5,
                                vocab_size=300)
     model = build_tiny_model(tok, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
-    cfg = SFTConfig(steps=50, batch_size=1, heldout_fraction=0.0, eval_every=0,
-                    optim=OptimConfig(lr=1e-2, warmup_steps=0, schedule="constant"))
+    cfg = SFTConfig(steps=60, batch_size=1, heldout_fraction=0.0, eval_every=0,
+                    optim=OptimConfig(lr=5e-3, warmup_steps=5, schedule="cosine"))   # final loss ~0.09
     run = tmp_path_factory.mktemp("teacher")
     res = train_sft(model, tok, [sample], cfg, run_dir=run, heldout=[])
-    assert res.train_loss < 0.5, f"the teacher did not learn its answer (loss {res.train_loss:.3f})"
+    assert res.train_loss < 0.3, f"the teacher did not learn its answer (loss {res.train_loss:.3f})"
     return res.final_dir
 
 
