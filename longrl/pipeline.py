@@ -492,6 +492,9 @@ class Pipeline:
         if self.accelerator.is_main_process and rows:
             d.mkdir(parents=True, exist_ok=True)
             (d / "table.md").write_text(markdown_table(rows) + "\n")
+            from longrl.analysis.behaviours import report_for_run
+
+            m["metrics"]["behaviours"] = report_for_run(self.cfg, d, d / "behaviours.png")["per_stage"]
         if self.cfg.eval.benchmarks:
             m["metrics"]["benchmarks"] = self.benchmark_eval(input_model, d)
         m["status"] = "complete"

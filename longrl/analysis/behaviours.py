@@ -411,3 +411,26 @@ def write_stage_report(stages: list[tuple[str, Path]], phases: list[tuple[str, P
     (out_dir / "behaviours.md").write_text(table + "\n")
     (out_dir / "behaviours.json").write_text(json.dumps({"per_stage": per_stage, "per_step": per_step}, indent=1))
     return {"table": table, "per_stage": per_stage, "plot": plot}
+
+
+def report_for_run(cfg, out_dir: str | Path, plot_path: str | Path) -> dict[str, Any]:
+    """:func:`write_stage_report` over a pipeline run directory: every stage's held-out predictions and
+    every RL phase's rollout samples and metrics."""
+    from longrl.pipeline import phase_names, stage_dir, stage_names
+
+    stages = [(n, stage_dir(cfg, n) / "heldout_predictions.jsonl") for n in stage_names(cfg)]
+    stages = [(n, p) for n, p in stages if p.is_file()]
+    phases = [(n, stage_dir(cfg, n)) for n in phase_names(cfg)]
+    return write_stage_report(stages, phases, out_dir, plot_path)
+
+
+def report_section(report: dict[str, Any], plot_link: str) -> str:
+    """The Markdown section a run report gets from :func:`report_for_run`."""
+    lines = ["## Reasoning behaviours", "",
+             "Rule-based counts per held-out response (mean count, and % of responses showing it) after each "
+             "stage, on the same questions as the accuracy table: SFT versus RL (`longrl behaviours` re-counts "
+             "with an LLM judge).", "", report["table"], ""]
+    if report["plot"]:
+        lines += [f"![behaviours over RL steps]({plot_link}): per RL step on the rollout samples, phase "
+                  "boundaries dashed, next to rollout accuracy.", ""]
+    return "\n".join(lines)
