@@ -207,7 +207,11 @@ def test_dead_endpoint_bounded_retries_then_clear_error(teacher_dir, tmp_path, c
     a, b = _questions(tmp_path, n_extra=4)
     url = _closed_port_url()
     t0 = time.monotonic()
-    args = ["distill", *_overrides(url, teacher_dir, tmp_path / "d", [a, b], **{"distill.concurrency": 1})]
+    ov = _overrides("", teacher_dir, tmp_path / "unused", [], **{"distill.concurrency": 1})
+    ov = [o for o in ov if not o.startswith(("distill.sources=", "distill.endpoint=", "distill.out=",
+                                             "distill.teacher_model=", "distill.k="))]
+    args = ["distill", "--source", f"{a}:jsonl", "--source", str(b), "--endpoint", url, "--teacher-model", "t",
+            "-k", "3", "--out", str(tmp_path / "d"), *ov]                 # the README's flags
     assert main(args) == 2
     assert time.monotonic() - t0 < 60
     err = capsys.readouterr().err
@@ -276,3 +280,13 @@ def test_killed_process_resumes_without_re_requesting(teacher_url, teacher_dir, 
     assert res.requested == 9 - len(done)
     keys = [json.loads(x)["key"] for x in (out / LEDGER).read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 9                         # nothing asked twice
+
+
+def test_separate_reasoning_field_becomes_a_think_block():
+    from longrl.rollout.openai import chat_text
+
+    assert chat_text({"content": "Therefore, the answer is 3.", "reasoning_content": " 1 + 2 = 3 "}) == (
+        "<think>\n1 + 2 = 3\n</think>\n\nTherefore, the answer is 3.")
+    assert chat_text({"content": "x", "reasoning": "r"}).startswith("<think>\nr\n</think>")
+    assert chat_text({"content": "plain", "reasoning_content": ""}) == "plain"
+    assert chat_text({"content": None}) == ""
