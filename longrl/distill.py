@@ -234,11 +234,12 @@ def select_traces(sample: DocQASample, traces: list[dict[str, Any]],
                   f: DistillFilterConfig) -> tuple[list[tuple[int, dict[str, Any], int]], Counter]:
     """The correct traces that pass the filters, as (trace index, trace, citations), and a Counter of
     why the other correct ones were dropped (:data:`FILTER_REASONS`)."""
-    from longrl.analysis.behaviours import count_citations
+    from longrl.analysis.behaviours import count_citations, document_ngrams
 
     kept: list[tuple[int, dict[str, Any], int]] = []
     dropped: Counter = Counter()
     seen: set[str] = set()
+    grams = document_ngrams(sample.document, f.citation_ngram) if any(t["acc"] for t in traces) else set()
     for j, t in enumerate(traces):
         if not t["acc"]:
             continue
@@ -246,7 +247,7 @@ def select_traces(sample: DocQASample, traces: list[dict[str, Any]],
         if n < f.min_response_tokens or (f.max_response_tokens and n > f.max_response_tokens):
             dropped["length"] += 1
             continue
-        cites = count_citations(t["text"], sample.document, f.citation_ngram)
+        cites = count_citations(t["text"], grams, f.citation_ngram)
         if cites < f.min_citations:
             dropped["citations"] += 1
             continue

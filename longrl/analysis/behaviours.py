@@ -103,16 +103,22 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in _WORD_RE.findall(text)]
 
 
-def count_citations(text: str, document: str, ngram: int = 6) -> int:
+def document_ngrams(document: str, ngram: int) -> set[tuple[str, ...]]:
+    """The ``ngram``-word windows of a document (what :func:`count_citations` looks up)."""
+    doc = words(document)
+    return {tuple(doc[i:i + ngram]) for i in range(len(doc) - ngram + 1)} if ngram >= 1 else set()
+
+
+def count_citations(text: str, document: str | set[tuple[str, ...]], ngram: int = 6) -> int:
     """Verbatim citations of ``document`` in ``text``: maximal runs of consecutive words of ``text`` in
     which every ``ngram``-word window occurs in the document (case and punctuation ignored).
 
     A copied sentence of 10 words is one citation; two copied passages separated by own words are two.
+    ``document`` may be the :func:`document_ngrams` of the document, to score many texts against one.
     """
-    doc = words(document)
-    if ngram < 1 or len(doc) < ngram:
+    grams = document_ngrams(document, ngram) if isinstance(document, str) else document
+    if not grams:
         return 0
-    grams = {tuple(doc[i:i + ngram]) for i in range(len(doc) - ngram + 1)}
     tw = words(text)
     runs, inside = 0, False
     for i in range(len(tw) - ngram + 1):
@@ -387,19 +393,23 @@ def count_rows(rows: list[dict[str, Any]], field: str = "response", judge=None, 
 
 
 def write_stage_report(stages: list[tuple[str, Path]], phases: list[tuple[str, Path]], out_dir: str | Path,
-                       plot_path: str | Path) -> dict[str, Any]:
+                       plot_path: str | Path, documents: dict[str, str] | None = None) -> dict[str, Any]:
     """The behaviour section of a pipeline report (rule counter).
 
     ``stages``: (stage name, its ``heldout_predictions.jsonl``): the SFT-vs-RL comparison on the same
     held-out questions; ``phases``: (phase name, its run directory with ``rollout_samples.jsonl`` and
-    ``metrics.jsonl``): behaviours over RL steps. Writes ``behaviours.md`` and ``behaviours.json`` in
+    ``metrics.jsonl``): behaviours over RL steps. ``documents`` ("<set>/<id>" of held-out rows,
+    "<source>/<id>" of rollout samples -> document) lets grounding count citations. Writes ``behaviours.md`` and ``behaviours.json`` in
     ``out_dir`` and the plot (when any rollout sample exists); returns {'table', 'per_stage', 'plot'}.
     """
     from longrl.analysis.plots import read_metrics
 
-    held = [dict(r, stage=name) for name, path in stages for r in read_jsonl(Path(path))]
+    docs = documents or {}
+    held = [dict(r, stage=name, document=docs.get(f"{r.get('set')}/{r.get('id')}", ""))
+            for name, path in stages for r in read_jsonl(Path(path))]
     per_stage = aggregate(count_rows(held, where="heldout_predictions.jsonl"), ["stage"])
-    samples = [dict(r, phase=name) for name, d in phases for r in read_jsonl(Path(d) / "rollout_samples.jsonl")]
+    samples = [dict(r, phase=name, document=docs.get(str(r.get("prompt_id")), ""))
+               for name, d in phases for r in read_jsonl(Path(d) / "rollout_samples.jsonl")]
     per_step = aggregate(count_rows(samples, where="rollout_samples.jsonl"), ["phase", "step"])
     plot = ""
     if per_step:
@@ -421,7 +431,18 @@ def report_for_run(cfg, out_dir: str | Path, plot_path: str | Path) -> dict[str,
     stages = [(n, stage_dir(cfg, n) / "heldout_predictions.jsonl") for n in stage_names(cfg)]
     stages = [(n, p) for n, p in stages if p.is_file()]
     phases = [(n, stage_dir(cfg, n)) for n in phase_names(cfg)]
-    return write_stage_report(stages, phases, out_dir, plot_path)
+    return write_stage_report(stages, phases, out_dir, plot_path, run_documents(Path(cfg.output_dir) / "data"))
+
+
+def run_documents(data_dir: Path) -> dict[str, str]:
+    """Documents of the sets a pipeline wrote to ``<output_dir>/data``: held-out rows by "<set>/<id>",
+    RL samples by "<source>/<id>" (missing files: none)."""
+    docs: dict[str, str] = {}
+    for path in sorted(data_dir.glob("heldout_*.jsonl")):
+        name = path.stem.removeprefix("heldout_")
+        docs.update({f"{name}/{r['id']}": r.get("document", "") for r in read_jsonl(path)})
+    docs.update({f"{r['source']}/{r['id']}": r.get("document", "") for r in read_jsonl(data_dir / "rl.jsonl")})
+    return docs
 
 
 def report_section(report: dict[str, Any], plot_link: str) -> str:

@@ -116,7 +116,8 @@ def _stage_dirs(tmp_path):
         d = tmp_path / name
         d.mkdir()
         (d / "heldout_predictions.jsonl").write_text(
-            "".join(json.dumps({"set": "64", "response": text, "acc": float(i % 2)}) + "\n" for i in range(4)))
+            "".join(json.dumps({"set": "64", "id": f"q{i}", "response": text, "acc": float(i % 2)}) + "\n"
+                    for i in range(4)))
         stages.append((name, d / "heldout_predictions.jsonl"))
         if name != "sft":
             (d / "rollout_samples.jsonl").write_text("".join(
@@ -140,6 +141,26 @@ def test_stage_report_table_and_plot(tmp_path):
     png = tmp_path / "out" / "behaviours.png"
     assert rep["plot"] == str(png) and png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
     assert "| phase1 | 4 | 1.00 (100%) | 2.00 (100%) |" in rep["table"]
+
+
+def test_stage_report_counts_citations_of_the_run_documents(tmp_path):
+    from longrl.analysis.behaviours import run_documents
+
+    stages, phases = _stage_dirs(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    doc = "Veridia is an island. The capital of Veridia is Port Amber by the sea."
+    (data / "heldout_64.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "source": "s", "document": doc}) + "\n"
+                                                   for i in range(4)))
+    docs = run_documents(data)
+    assert docs["64/q0"] == doc and len(docs) == 4
+    rep = write_stage_report(stages[:1], [], tmp_path / "out", tmp_path / "out" / "b.png", docs)
+    # the sft responses say "Port Amber." only: no 6-word citation, grounding 0 ...
+    assert rep["per_stage"][0]["grounding/mean"] == 0 and rep["plot"] == ""
+    sft = stages[0][1]
+    sft.write_text(sft.read_text().replace("<think>Port Amber.", "<think>The capital of Veridia is Port Amber by."))
+    rep = write_stage_report(stages[:1], [], tmp_path / "out", tmp_path / "out" / "b.png", docs)
+    assert rep["per_stage"][0]["grounding/mean"] == 1                    # ... a copied 7-word span is one
 
 
 def test_plot_without_metrics_uses_sample_accuracy(tmp_path):
