@@ -128,3 +128,19 @@ def test_smollm2_counts_behaviours_through_transformers_serve(openai_server, smo
     assert m["judge/errors"] == 0 and m["judge/calls"] == len(RESPONSES)
     assert m["judge/failures"] == sum(c is None for c in got) == m["judge/unparsable"]
     assert all(c is None or set(c) == set(BEHAVIOURS) for c in got)
+
+
+def test_in_process_judge_path(tiny_model_dir, tmp_path, capsys):
+    """`--model-path`: the same prompt and strict parser on an in-process model (a random tiny one: real
+    generations, none in the format, all counted as no verdict)."""
+    inp = tmp_path / "stage" / "preds.jsonl"
+    inp.parent.mkdir()
+    inp.write_text("".join(json.dumps({"response": r}) + "\n" for r in RESPONSES[:2]))
+    parser = argparse.ArgumentParser()
+    behaviours_cli.add_arguments(parser)
+    args = parser.parse_args(["--in", str(inp), "--out", str(tmp_path / "out"), "--model-path", str(tiny_model_dir),
+                              "--set", "reward.judge.max_tokens=6", "--set", "reward.judge.device=cpu"])
+    assert behaviours_cli.run(args) == 1
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert summary["judge/calls"] == 1 and summary["judge/errors"] == 0          # one batch of two
+    assert summary["judge/unparsable"] == 2 and summary["no_verdict"] == 2
