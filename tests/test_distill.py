@@ -32,6 +32,7 @@ from longrl.distill import (
     run_distill,
     select_traces,
 )
+from tests.rewards.test_judge_server import smollm2_dir  # noqa: F401  (session fixture)
 
 DOC = "The capital of Veridia is Port Amber. The river Lumen flows through Norwick."
 ANSWER = "<think>\nPort Amber\n</think>\n\nTherefore, the answer is Port Amber."
@@ -84,7 +85,7 @@ def _overrides(url: str, teacher: Path, out: Path, sources: list[Path], **extra)
           "distill.tokenizer": str(teacher), "distill.k": 3, "distill.split_n": True, "distill.temperature": 0.0,
           "distill.max_new_tokens": 32, "distill.concurrency": 2, "distill.max_retries": 1,
           "distill.backoff_s": 0.01, "distill.timeout_s": 60.0, "logging.progress": False, **extra}
-    return [f"distill.sources=[{srcs}]"] + [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in ov.items()]
+    return [f"distill.sources=[{srcs}]"] + [f"{k}={json.dumps(v) if isinstance(v, str | dict) else v}" for k, v in ov.items()]
 
 
 def _cfg(*args, **kw):
@@ -290,3 +291,21 @@ def test_separate_reasoning_field_becomes_a_think_block():
     assert chat_text({"content": "x", "reasoning": "r"}).startswith("<think>\nr\n</think>")
     assert chat_text({"content": "plain", "reasoning_content": ""}) == "plain"
     assert chat_text({"content": None}) == ""
+
+
+@pytest.mark.slow
+def test_smollm2_teacher_through_transformers_serve(openai_server, smollm2_dir, tmp_path):  # noqa: F811
+    """The real SmolLM2-135M-Instruct as a sampling teacher: every trace is requested, scored and counted."""
+    base, _ = openai_server(smollm2_dir)
+    a, b = _questions(tmp_path)
+    t0 = time.monotonic()
+    res = run_distill(_cfg(base, smollm2_dir, tmp_path / "d", [a, b], **{
+        "distill.k": 2, "distill.temperature": 0.7, "distill.max_new_tokens": 48, "distill.require_think": False,
+        "distill.extra_body": {"generation_config": '{"do_sample": true}'}, "distill.timeout_s": 300.0}),
+        progress=False)
+    st = res.stats
+    total = {k: sum(getattr(s, k) for s in st.values()) for k in ("sampled", "correct", "kept", "failed_requests")}
+    print(f"\nSmolLM2 teacher: {total} in {time.monotonic() - t0:.0f}s")
+    assert total["sampled"] == 6 and total["failed_requests"] == 0 and res.requested == 3
+    rows = (tmp_path / "d" / "sft.jsonl").read_text().splitlines()
+    assert len(rows) == total["kept"] <= total["correct"]
