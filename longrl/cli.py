@@ -17,6 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("longrl.train.rl", "GRPO/DAPO reinforcement learning."),
     "pipeline": ("longrl.pipeline", "SFT -> curriculum RL phases -> evaluation, resumable."),
     "eval": ("longrl.eval.cli", "Evaluate on DocQA benchmarks, or re-score saved predictions."),
+    "distill": ("longrl.distill", "SFT data from a teacher by rejection sampling (k traces, keep the correct)."),
+    "behaviours": ("longrl.analysis.behaviours_cli",
+                   "Count grounding, subgoal, backtracking and verification in saved responses."),
 }
 
 

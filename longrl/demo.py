@@ -9,7 +9,8 @@ is the pipeline of :mod:`longrl.pipeline` on the recipe ``longrl/recipes/demo_cp
 
 The report folder (``<out>/report``) holds ``summary.md`` (the table, wall times, the curriculum
 transition), ``plots/*.png`` (reward, accuracy, entropy, response length and filtered-group
-fraction per RL step with the phase boundaries marked, and held-out accuracy per stage),
+fraction per RL step with the phase boundaries marked, held-out accuracy per stage, and the four
+reasoning behaviours per RL step next to accuracy), ``behaviours.md`` (behaviour counts per stage),
 ``config.yaml`` and ``rollout_samples.jsonl``.
 """
 
@@ -180,7 +181,12 @@ def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: s
         plot_accuracy_by_stage(table, out / "plots" / "heldout_accuracy.png")
     n_samples = collect_rollout_samples(cfg, out / "rollout_samples.jsonl")
     text = verdict(cfg, table) + (f"\n\n{QUICK_NOTE}" if quick else "")
-    (out / "summary.md").write_text(summary_markdown(cfg, manifests, table_md, text, wall_s, command, n_samples))
+    from longrl.analysis.behaviours import report_section
+    from longrl.pipeline import behaviour_report
+
+    behaviours = report_section(behaviour_report(cfg, out, out / "plots" / "behaviours.png"), "plots/behaviours.png")
+    (out / "summary.md").write_text(summary_markdown(cfg, manifests, table_md, text, wall_s, command, n_samples)
+                                    + "\n" + behaviours)
     return {"dir": str(out), "table": table_md, "verdict": text}
 
 
@@ -208,7 +214,8 @@ def summary_markdown(cfg, manifests: list[dict[str, Any]], table_md: str, verdic
         lines.append(f"| {m['stage']} | {m.get('train_wall_s', 0):.0f} | {m.get('eval_wall_s', 0):.0f} | {note} |")
     lines += ["", "## Files", "",
               "- `plots/`: reward, accuracy, entropy, response_length, filtered_groups (per RL step, phase "
-              "boundaries dashed), heldout_accuracy (per stage)",
+              "boundaries dashed), heldout_accuracy (per stage), behaviours (reasoning behaviours per RL step "
+              "next to accuracy; `behaviours.md` / `behaviours.json` hold the per-stage table)",
               "- `config.yaml`: the resolved config",
               f"- `rollout_samples.jsonl`: {n_samples} rollouts sampled during RL",
               "- `../stages/<stage>/manifest.json`, `heldout_predictions.jsonl`: per-stage details", ""]

@@ -276,6 +276,17 @@ def write_data(data: PipelineData, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the pipeline object
+def behaviour_report(cfg, out_dir: str | Path, plot_path: str | Path) -> dict[str, Any]:
+    """:func:`write_stage_report` over a pipeline run directory: every stage's held-out predictions and
+    every RL phase's rollout samples and metrics."""
+    from longrl.analysis.behaviours import run_documents, write_stage_report
+
+    stages = [(n, stage_dir(cfg, n) / "heldout_predictions.jsonl") for n in stage_names(cfg)]
+    stages = [(n, p) for n, p in stages if p.is_file()]
+    phases = [(n, stage_dir(cfg, n)) for n in phase_names(cfg)]
+    return write_stage_report(stages, phases, out_dir, plot_path, run_documents(Path(cfg.output_dir) / "data"))
+
+
 class Pipeline:
     """Runs the stages of one config; see the module docstring."""
 
@@ -524,6 +535,8 @@ class Pipeline:
         if self.accelerator.is_main_process and rows:
             d.mkdir(parents=True, exist_ok=True)
             (d / "table.md").write_text(markdown_table(rows) + "\n")
+
+            m["metrics"]["behaviours"] = behaviour_report(self.cfg, d, d / "behaviours.png")["per_stage"]
         if self.cfg.eval.benchmarks:
             m["metrics"]["benchmarks"] = self.benchmark_eval(input_model, d)
         m["status"] = "complete"

@@ -44,8 +44,13 @@ def test_quick_demo_end_to_end(quick_demo, capsys):
     assert "64 tokens" in summary and "160 tokens" in summary
     assert f"with 1 torch thread(s) on a {os.cpu_count()}-core machine" in summary
     assert "`--quick` checks that every stage runs, not that the model learns" in summary
-    for stem in ("reward", "accuracy", "entropy", "response_length", "filtered_groups", "heldout_accuracy"):
+    for stem in ("reward", "accuracy", "entropy", "response_length", "filtered_groups", "heldout_accuracy",
+                 "behaviours"):
         assert_png(report / "plots" / f"{stem}.png")
+    assert "## Reasoning behaviours" in summary and "![behaviours over RL steps](plots/behaviours.png)" in summary
+    per_stage = json.loads((report / "behaviours.json").read_text())["per_stage"]
+    assert [r["stage"] for r in per_stage] == ["init", "sft", "phase1", "phase2"]
+    assert all(r["n"] == 16 and r["no_verdict"] == 0 for r in per_stage)     # 2 sets x 8 held-out questions
     cfg = yaml.safe_load((report / "config.yaml").read_text())
     assert cfg["output_dir"] == str(out) and cfg["pipeline"]["tiny"]["hidden_size"] == 32
     samples = [json.loads(x) for x in (report / "rollout_samples.jsonl").read_text().splitlines()]

@@ -91,10 +91,11 @@ def test_demo_quick_from_the_gguf(smollm2_gguf, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "longrl.cli", "demo", "--model", str(smollm2_gguf), "--quick",
                            "--out", str(out), "--threads", "1"], capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    init = json.loads((out / "init" / "manifest.json").read_text()) if (out / "init").is_dir() else {}
-    sft_final = out / "sft" / "final"
-    assert (sft_final / "config.json").is_file()
-    assert "quantization_config" not in json.loads((sft_final / "config.json").read_text())
-    assert json.loads((sft_final / "config.json").read_text())["model_type"] == "llama"
-    assert (out / "report" / "summary.md").is_file(), init
-    assert "RL (" in proc.stdout
+    stages = out / "stages"
+    init = json.loads((stages / "init" / "manifest.json").read_text())
+    assert init["input_model"] == str(smollm2_gguf) and init["output_model"] == str(stages / "init" / "final")
+    for stage in ("init", "sft", "phase1", "phase2"):
+        config = json.loads((stages / stage / "final" / "config.json").read_text())
+        assert config["model_type"] == "llama" and "quantization_config" not in config, stage
+    assert (out / "report" / "summary.md").is_file()
+    assert "RL (phase1 -> phase2) moved held-out accuracy" in proc.stdout

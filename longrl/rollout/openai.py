@@ -36,6 +36,16 @@ logger = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
+def chat_text(message: dict) -> str:
+    """A chat answer's text; a separate reasoning field (``reasoning_content``: DeepSeek, vLLM's reasoning
+    parsers; ``reasoning``) is put back in front as ``<think>...</think>``, the format the rewards read."""
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning.strip():
+        return f"<think>\n{reasoning.strip()}\n</think>\n\n{content.lstrip()}"
+    return content
+
+
 class GenerationError(RuntimeError):
     """A request failed after all retries, or the server's answer was unusable."""
 
@@ -225,7 +235,7 @@ class OpenAIGenerator:
     def _completion(self, choice: dict, max_new_tokens: int) -> Completion:
         text = choice.get("text")
         if text is None:
-            text = (choice.get("message") or {}).get("content") or ""
+            text = chat_text(choice.get("message") or {})
         reason = "length" if choice.get("finish_reason") == "length" else "stop"
         ids = choice.get("token_ids")
         if ids is not None:
