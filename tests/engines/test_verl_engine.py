@@ -254,7 +254,7 @@ def orchestration_cfg(tmp_path, tiny_model_dir):
         ACCEPT, f"output_dir={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "sft.enabled=false",
         "pipeline.stage_eval=false", "pipeline.synthetic.families=[lookup]",
         "pipeline.synthetic.train=[{target_tokens: 48, n: 12}, {target_tokens: 160, n: 12}]",
-        "pipeline.synthetic.heldout=[]", "rl.prompts_per_step=4", "rollout.group_size=2",
+        "pipeline.synthetic.heldout=[]", "pipeline.synthetic.sft=[]", "rl.prompts_per_step=4", "rollout.group_size=2",
         "curriculum.phases=[{name: short, max_input_tokens: 300, steps: 2}, {name: long, max_input_tokens: 100000, steps: 3}]",
         "curriculum.retrospective={enabled: true, hard_threshold: 0.5, fraction: 0.5, cap: 10}"])
 
