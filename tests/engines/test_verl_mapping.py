@@ -74,3 +74,25 @@ def test_demo_mapping_follows_the_config():
     assert o["trainer.save_freq"] == "120" and o["trainer.total_training_steps"] == "120"
     assert o["actor_rollout_ref.actor.clip_ratio_high"] == "0.28" and o["algorithm.adv_estimator"] == "longrl_grpo"
     assert o["actor_rollout_ref.actor.fsdp_config.model_dtype"] == "fp32"
+
+
+def test_dry_run_cli_prints_every_phase_command_and_file(tmp_path, capsys):
+    from longrl.cli import main
+
+    rc = main(["pipeline", "configs/qwenlong_l1_32b.yaml", f"output_dir={tmp_path}", "--engine", "verl", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    trains = [line for line in out.splitlines() if "verl.trainer.main_ppo" in line]
+    merges = [line for line in out.splitlines() if "verl.model_merger merge" in line]
+    assert len(trains) == len(merges) == 2
+    assert f"actor_rollout_ref.model.path={tmp_path}/stages/phase1/final" in trains[1]  # hand-over
+    assert "data.max_prompt_length=60000" in trains[1] and "data.max_prompt_length=20000" in trains[0]
+    assert f"{tmp_path}/stages/phase2/verl/train.parquet" in out and "longrl.yaml" in out
+    assert not (tmp_path / "stages").exists()  # nothing run, nothing written
+
+
+def test_dry_run_needs_the_verl_engine(tmp_path, capsys):
+    from longrl.cli import main
+
+    assert main(["pipeline", "configs/demo_cpu.yaml", f"output_dir={tmp_path}", "--dry-run"]) == 2
+    assert "--engine verl" in capsys.readouterr().err
