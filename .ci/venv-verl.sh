@@ -18,6 +18,9 @@ if [ ! -f "$venv/.installed" ]; then
     "$venv/bin/pip" install -q -r "$here/requirements-verl.txt" -c "$here/constraints-verl.txt" >&2
     touch "$venv/.installed"
 fi
-# longrl from this clone (cheap, done every time so a moved clone is picked up).
-"$venv/bin/pip" install -q --no-deps -e "$repo" >&2
+# longrl from this clone, editable (redone when the venv last pointed at another clone).
+if [ "$(cat "$venv/.longrl-src" 2>/dev/null)" != "$repo" ]; then
+    "$venv/bin/pip" install -q --no-deps -e "$repo" >&2
+    echo "$repo" > "$venv/.longrl-src"
+fi
 echo "$venv"
