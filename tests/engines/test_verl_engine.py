@@ -81,12 +81,15 @@ def test_generated_config_composes_and_validates_with_verl_schema(tmp_path, conf
 
 
 # ---------------------------------------------------------------------------- reward
+DOCUMENT = ("The capital of Veridia is Port Amber, a harbour city of " + " ".join(f"w{i}" for i in range(60))
+            + ". The river Lumen flows through Norwick.")
 RESPONSES = [
     ("<think>The text says so.</think> Therefore, the answer is Port Amber.", "Port Amber", "qa"),
     ("<think>hmm</think> Therefore, the answer is Norwick.", "Port Amber", "qa"),
     ("no think tag. Therefore, the answer is Port Amber.", "Port Amber", "qa"),
     ("<think>sum</think> Therefore, the answer is 42.0.", "42", "numeric"),
     ("<think>options</think> Therefore, the answer is (B).", "B", "mcq"),
+    ("<think>paste</think> Therefore, the answer is " + " ".join(DOCUMENT.split()[:45]) + ".", "Port Amber", "qa"),
 ]
 
 
@@ -96,12 +99,14 @@ def test_reward_inside_verl_reward_manager_equals_longrl(tmp_path, tiny_tokenize
     from longrl.algo.shaping import overlong_penalty
     from longrl.rewards.hybrid import HybridReward, RewardItem
 
-    cfg, cfg_file = write_cfg(tmp_path, "configs/demo_cpu.yaml", [ACCEPT])
-    vc = compose_verl(phase_overrides(cfg, phase_job(tmp_path, cfg_file, max_output_tokens=24)))
+    cfg, cfg_file = write_cfg(tmp_path, "configs/demo_cpu.yaml",
+                              [ACCEPT, "rollout.max_new_tokens=400", "reward.overlong.buffer_tokens=390"])
+    vc = compose_verl(phase_overrides(cfg, phase_job(tmp_path, cfg_file, max_output_tokens=400)))
     manager = get_reward_manager_cls(vc.reward.reward_manager.name)(vc, tiny_tokenizer, get_custom_reward_fn(vc))
     hybrid = HybridReward(cfg.reward, None)
+    scores = []
     for text, gold, task in RESPONSES:
-        resp = tiny_tokenizer(text, add_special_tokens=False)["input_ids"][:24]
+        resp = tiny_tokenizer(text, add_special_tokens=False)["input_ids"][:400]
         prompt = tiny_tokenizer("question?", add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt + resp])
         data = DataProto.from_dict(
@@ -109,15 +114,18 @@ def test_reward_inside_verl_reward_manager_equals_longrl(tmp_path, tiny_tokenize
                      "attention_mask": torch.ones_like(ids)},
             non_tensors={"data_source": np.array(["synthetic"], dtype=object),
                          "reward_model": np.array([{"ground_truth": gold, "style": "rule"}], dtype=object),
-                         "extra_info": np.array([{"task": task, "answers": [gold], "question": "question?"}],
-                                                dtype=object)})
+                         "extra_info": np.array([{"task": task, "answers": [gold], "question": "question?",
+                                                  "document": DOCUMENT}], dtype=object)})
         got = manager.loop.run_until_complete(manager.run_single(data))  # the loop verl bound at init
         decoded = tiny_tokenizer.decode(resp, skip_special_tokens=True)
-        (want,) = hybrid.score_batch([RewardItem(task, "question?", decoded, [gold])])
-        shaped = want.score + float(overlong_penalty([len(resp)], 24, cfg.reward.overlong.buffer_tokens,
+        (want,) = hybrid.score_batch([RewardItem(task, "question?", decoded, [gold], DOCUMENT)])
+        shaped = want.score + float(overlong_penalty([len(resp)], 400, cfg.reward.overlong.buffer_tokens,
                                                      cfg.reward.overlong.penalty_factor)[0])
         assert got["reward_score"] == pytest.approx(shaped), text
         assert got["reward_extra_info"]["acc"] == float(want.acc)
+        scores.append(got["reward_score"])
+    assert scores[-1] <= 0.0  # the pasted document chunk contains the gold answer and earns nothing
+    assert any(0 < x < 1 for x in scores)  # the overlong buffer shaped some score
 
 
 # ---------------------------------------------------------------------------- advantages and loss

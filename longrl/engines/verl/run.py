@@ -144,6 +144,24 @@ def record_dumps(sampler, samples, rows: list[dict[str, Any]], tokenizer, cfg: C
     return counts
 
 
+def write_phase_parquet(samples, path: str | Path) -> None:
+    """The phase's rows in order: ``verl_row`` plus ``extra_info.document``, so the reward function's
+    degenerate-answer guard sees the document as on the own engine (a pasted document chunk earns
+    nothing). The document is then stored twice per row (prompt and extra_info)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longrl.data.readers import verl_row
+
+    rows = []
+    for i, s in enumerate(samples):
+        row = verl_row(s, i)
+        row["extra_info"]["document"] = s.document
+        rows.append(row)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
 # ---------------------------------------------------------------------------- the pipeline
 class VerlPipeline(Pipeline):
     """The own pipeline with each curriculum phase compiled into a verl job (module docstring)."""
@@ -248,14 +266,12 @@ class VerlPipeline(Pipeline):
 
     def write_phase_data(self, name: str, job: PhaseJob):
         """Draw the phase's batches with the curriculum sampler and write the parquet and config."""
-        from longrl.data.readers import write_verl_parquet
-
         k = self.phases.index(name)
         sampler, transition = self.curriculum_sampler(k)
         per_step = -(-gen_batch_size(self.cfg) // self.cfg.rl.prompts_per_step)
         rows = [s for _ in range(job.steps * per_step) for s in sampler.next_batch()]
         Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-        write_verl_parquet(rows, job.train_file)
+        write_phase_parquet(rows, job.train_file)
         Path(job.longrl_config).write_text(self.cfg.to_yaml())
         return sampler, transition
 
