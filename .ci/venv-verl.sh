@@ -13,14 +13,16 @@ if [ ! -f "$venv/.installed" ]; then
     mkdir -p "$cache"
     rm -rf "$venv"
     "$py" -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip >&2
-    "$venv/bin/pip" install -q torch==2.13.0 -c "$here/constraints-verl.txt" >&2
-    "$venv/bin/pip" install -q -r "$here/requirements-verl.txt" -c "$here/constraints-verl.txt" >&2
+    "$venv/bin/python" -m pip install -q --upgrade pip >&2
+    "$venv/bin/python" -m pip install -q torch==2.13.0 -c "$here/constraints-verl.txt" >&2
+    "$venv/bin/python" -m pip install -q -r "$here/requirements-verl.txt" -c "$here/constraints-verl.txt" >&2
     touch "$venv/.installed"
 fi
-# longrl from this clone, editable (redone when the venv last pointed at another clone).
-if [ "$(cat "$venv/.longrl-src" 2>/dev/null)" != "$repo" ]; then
-    "$venv/bin/pip" install -q --no-deps -e "$repo" >&2
-    echo "$repo" > "$venv/.longrl-src"
+# longrl from this clone, editable (redone when the venv last pointed at another clone or pyproject.toml,
+# which declares the "verl.plugins" entry point, changed).
+src="$repo $(sha256sum "$repo/pyproject.toml" | cut -c1-12)"
+if [ "$(cat "$venv/.longrl-src" 2>/dev/null)" != "$src" ]; then
+    "$venv/bin/python" -m pip install -q --no-deps -e "$repo" >&2
+    echo "$src" > "$venv/.longrl-src"
 fi
 echo "$venv"

@@ -307,3 +307,18 @@ def test_killed_phase_restarts_from_verl_checkpoint(tmp_path, tiny_model_dir, ti
     assert json.loads((ckpt.parent.parent / "manifest.json").read_text())["status"] == "complete"
     trains = [c for c in stand_in.calls if c[2] == "verl.trainer.main_ppo"]
     assert len(trains) == 3  # short (killed), short (resumed), long
+
+
+def test_plugins_load_in_any_verl_process_through_the_entry_point():
+    """A fresh process that imports only verl (as verl's Ray driver and workers do) has longrl's estimators
+    and losses registered: verl loads the "verl.plugins" entry point longrl's pyproject declares."""
+    import subprocess
+    import sys
+
+    code = ("import sys, verl; from verl.trainer.ppo import core_algos as c; "
+            "assert 'longrl' not in sys.argv[0]; "
+            "print(sorted(k for k in c.ADV_ESTIMATOR_REGISTRY if k.startswith('longrl')), "
+            "sorted(k for k in c.POLICY_LOSS_REGISTRY if k.startswith('longrl')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "auto"}, check=True).stdout
+    assert "['longrl_batch_std', 'longrl_drgrpo', 'longrl_grpo'] ['longrl', 'longrl_dual_clip']" in out
