@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 OUT="${1:-runs/verl_smoke}"
 PY="${VERL_PY:-python3}"
 GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
-ARGS=(configs/qwenlong_l1_32b.yaml --engine verl
+ARGS=(configs/qwenlong_l1_32b.yaml
   "output_dir=$OUT" "model.path=${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}" sft.enabled=false
   "data.sources=[{path: ${DATA:?set DATA to a verl/longbench DocQA file}}]" data.max_input_tokens=4096
   "curriculum.phases=[{name: p2k, max_input_tokens: 2048, max_output_tokens: 1024, steps: 3}, {name: p4k, max_input_tokens: 4096, max_output_tokens: 1024, steps: 3}]"
@@ -20,8 +20,8 @@ ARGS=(configs/qwenlong_l1_32b.yaml --engine verl
   verl.nnodes=1 "verl.gpus_per_node=$GPUS" verl.rollout_tensor_parallel=1 verl.sequence_parallel=1
   verl.param_offload=false verl.optimizer_offload=false verl.gen_batch_size=16 verl.test_freq=-1
   "verl.python=$PY" save_every=3)
-"$PY" -m longrl.cli pipeline "${ARGS[@]}" --dry-run
-"$PY" -m longrl.cli pipeline "${ARGS[@]}"
+"$PY" -m longrl.cli pipeline "${ARGS[@]}" --engine verl --dry-run
+"$PY" -m longrl.cli pipeline "${ARGS[@]}" --engine verl
 "$PY" - "$OUT" <<'PY'
 import json, sys, pathlib
 for m in sorted(pathlib.Path(sys.argv[1], "stages").glob("*/manifest.json")):
