@@ -766,8 +766,12 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """Stable short hash of the resolved config (stage manifests)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable short hash of the resolved config (stage manifests). A default ``verl`` section is left
+        out, so run directories made before the section existed keep their hash."""
+        data = self.to_dict()
+        if self.verl == VerlEngineConfig():
+            data.pop("verl")
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
