@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint bench
+.PHONY: setup demo test test-slow test-verl lint bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check longrl tests bench
 	$(BIN)/python -m pytest -q
+
+# The verl engine's tests, in verl's own environment (its transformers pin differs from the core one).
+test-verl:
+	VERL_VENV=$$(.ci/venv-verl.sh) && OMP_NUM_THREADS=1 $$VERL_VENV/bin/python -m pytest -q -m verl -o addopts="--timeout=900" tests/engines
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -791,6 +791,60 @@ class PipelineConfig:
         _require(self.threads >= 0, "threads", "must be >= 0")
 
 
+# --------------------------------------------------------------------------------------------------
+# The verl engine (``longrl pipeline --engine verl``): what only a cluster job needs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VerlEngineConfig:
+    """Cluster settings of a curriculum phase compiled into a verl job (``longrl.engines.verl``);
+    everything else comes from the sections above (docs/verl.md has the full mapping)."""
+
+    nnodes: int = 1
+    """trainer.nnodes."""
+    gpus_per_node: int = 8
+    """trainer.n_gpus_per_node."""
+    ray_address: str = ""
+    """An existing Ray cluster (``ray_kwargs.ray_init.address``); empty = a local Ray started by verl."""
+    rollout_engine: Literal["vllm", "sglang"] = "vllm"
+    """actor_rollout_ref.rollout.name (verl's async rollout servers)."""
+    rollout_tensor_parallel: int = 1
+    """actor_rollout_ref.rollout.tensor_model_parallel_size."""
+    gpu_memory_utilization: float = 0.5
+    """actor_rollout_ref.rollout.gpu_memory_utilization (KV-cache share of each GPU)."""
+    max_num_batched_tokens: int = 8192
+    """actor_rollout_ref.rollout.max_num_batched_tokens (vLLM chunked-prefill budget)."""
+    sequence_parallel: int = 1
+    """Ulysses sequence parallel size of the actor and reference model."""
+    param_offload: bool = False
+    """FSDP parameter offload to CPU (actor and reference)."""
+    optimizer_offload: bool = False
+    """FSDP optimizer-state offload to CPU (actor)."""
+    gen_batch_size: int = 0
+    """Prompts generated per dynamic-sampling round (data.gen_batch_size); 0 = rl.prompts_per_step."""
+    test_freq: int = -1
+    """trainer.test_freq: validation every N steps (-1 = never; longrl evaluates after the last phase)."""
+    python: str = "python3"
+    """Interpreter of the verl environment that launches ``verl.trainer.main_ppo`` and the model merger."""
+    extra_overrides: list[str] = field(default_factory=list)
+    """Further hydra overrides appended verbatim (e.g. ``trainer.logger=[console,wandb]``)."""
+    accept: list[str] = field(default_factory=list)
+    """longrl fields whose verl behaviour differs and that you accept (only those docs/verl.md lists as
+    acceptable, e.g. ``rl.dynamic_sampling.max_rounds``: verl refills without a cap)."""
+
+    def check(self) -> None:
+        _require(self.nnodes >= 1, "nnodes", "must be >= 1")
+        _require(self.gpus_per_node >= 1, "gpus_per_node", "must be >= 1")
+        _require(self.rollout_tensor_parallel >= 1, "rollout_tensor_parallel", "must be >= 1")
+        _require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        _require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens", "must be >= 1")
+        _require(self.sequence_parallel >= 1, "sequence_parallel", "must be >= 1")
+        _require(self.gen_batch_size >= 0, "gen_batch_size", "must be >= 0")
+        _require(self.test_freq == -1 or self.test_freq >= 1, "test_freq", "must be -1 (never) or >= 1")
+        _require(all("=" in o for o in self.extra_overrides), "extra_overrides", "each must look like key=value")
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -813,6 +867,8 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    verl: VerlEngineConfig = field(default_factory=VerlEngineConfig)
+    """Cluster settings for ``longrl pipeline --engine verl`` (unused by the own trainer)."""
 
     def check(self) -> None:
         _require(self.save_every >= 0, "save_every", "must be >= 0")
@@ -829,8 +885,14 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """Stable short hash of the resolved config (stage manifests)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable short hash of the resolved config (stage manifests). A default ``verl`` section is left
+        out, so run directories made before the section existed keep their hash; the ``distill`` section
+        (used only by ``longrl distill``) never counts."""
+        data = self.to_dict()
+        data.pop("distill", None)
+        if self.verl == VerlEngineConfig():
+            data.pop("verl")
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def source_of(self, key: str) -> str | None:

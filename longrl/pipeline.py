@@ -18,13 +18,11 @@ whose summary (pool size, drops, difficulty histogram, per-source counts) goes i
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -624,34 +622,6 @@ class _progress_bar:
         if self._progress is not None:
             self._progress.stop()
         return False
-
-
-# ---------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="key.path=value overrides (e.g. output_dir=runs/x)")
-    parser.add_argument("--from-stage", default=None, help="discard this stage and the later ones, and run from it")
-    parser.add_argument("--until-stage", default=None, help="stop after this stage")
-
-
-def run(args: argparse.Namespace) -> int:
-    from longrl.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    if cfg.pipeline.threads:
-        import torch
-
-        torch.set_num_threads(cfg.pipeline.threads)
-    pipe = Pipeline(cfg, on_event=print_event)
-    try:
-        pipe.run(args.from_stage, args.until_stage)
-    except StageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    table = Path(cfg.output_dir) / "stages" / STAGE_EVAL / "table.md"
-    if table.is_file():
-        print(table.read_text())
-    return 0
 
 
 def print_event(ev: StageEvent) -> None:

@@ -17,9 +17,9 @@ LAYERS = [
     {"train"},
     {"eval"},
     {"analysis"},
-    {"engines"},
     {"pipeline", "distill"},
-    {"demo"},
+    {"engines"},
+    {"demo", "pipeline_cli"},
     {"cli", "config_cli"},
 ]
 """Lowest first. A unit is a top-level module or subpackage of ``longrl``; a unit may import units of
