@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import LONGRL_DIR
 from transformers import DynamicCache
 
+import longrl
 from longrl.models import tiny_causal_lm
 from longrl.models.kernels import cache_kwargs
+
+LONGRL_DIR = str(Path(longrl.__file__).resolve().parent) + os.sep
 
 
 def _call_from_longrl(src: str, env: dict):
