@@ -20,6 +20,9 @@ class Completion:
     text: str
     finish_reason: FinishReason
     """'stop': ended on an end-of-sequence token; 'length': hit max_new_tokens."""
+    logprobs: list[float] | None = None
+    """The engine's log-probability of each sampled token (log mu, at the sampling temperature), one per
+    ``token_ids`` entry, when the backend reports them (vLLM); None otherwise."""
 
 
 class Generator(Protocol):

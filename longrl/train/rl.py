@@ -88,6 +88,8 @@ class RLSettings:
     dynamic: Any
     overlong: Any
     logging: Any
+    tis_cap: float = 0.0
+    """Truncated importance-sampling cap on pi_old / mu (0 = off; needs engine log-probs)."""
 
     @classmethod
     def from_config(cls, cfg, steps: int | None = None, max_new_tokens: int | None = None,
@@ -104,6 +106,7 @@ class RLSettings:
             max_nonfinite_in_row=rl.max_nonfinite_in_row, seed=cfg.seed if seed is None else seed,
             save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, algo=cfg.algo, optim=rl.optim,
             dynamic=rl.dynamic_sampling, overlong=cfg.reward.overlong, logging=cfg.logging,
+            tis_cap=ro.tis_cap,
         )
 
     @property
@@ -127,6 +130,8 @@ class Group:
     accs: list[float]
     preds: list[str | None]
     penalties: list[float] = field(default_factory=list)
+    rollout_logps: list[list[float] | None] = field(default_factory=list)
+    """Per completion: the rollout engine's log-probs of its tokens (log mu), or None (HF backend)."""
 
     @property
     def rewards(self) -> list[float]:
@@ -147,6 +152,8 @@ class Seq:
     """[C] log pi_ref, when a KL term is on."""
     mask: torch.Tensor | None = None
     """[C] bool, tokens in the loss (AEPO may remove some)."""
+    rollout_logps: torch.Tensor | None = None
+    """[C] log mu, the rollout engine's log-probs of the sampled tokens, when the backend returns them."""
 
 
 @dataclass
@@ -231,7 +238,8 @@ def rollout_round(run: RLRun, samples: list[DocQASample], step: int, round_idx: 
         comps = _generate_group(run, prompt, rollout_seed(run.s.seed, step, round_idx, i))
         groups.append(Group(index=round_idx * len(samples) + i, sample=samples[i], prompt_ids=prompt,
                             completions=[list(c.token_ids) for c in comps], texts=[c.text for c in comps],
-                            finish=[c.finish_reason for c in comps], scores=[], accs=[], preds=[]))
+                            finish=[c.finish_reason for c in comps], scores=[], accs=[], preds=[],
+                            rollout_logps=[getattr(c, "logprobs", None) for c in comps]))
     _score_groups(run, groups)
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
@@ -292,10 +300,12 @@ def training_sequences(groups: list[Group], advantages: list[list[float]]) -> li
     """One :class:`Seq` per non-empty rollout of the kept groups (empty ones carry no tokens)."""
     seqs = []
     for gi, (g, advs) in enumerate(zip(groups, advantages)):
-        for comp, a in zip(g.completions, advs):
+        mus = g.rollout_logps or [None] * len(g.completions)
+        for comp, a, mu in zip(g.completions, advs, mus):
             if comp:
                 seqs.append(Seq(group=gi, prompt_ids=g.prompt_ids, completion_ids=comp, adv=a,
-                                mask=torch.ones(len(comp), dtype=torch.bool)))
+                                mask=torch.ones(len(comp), dtype=torch.bool),
+                                rollout_logps=None if mu is None else torch.tensor(mu, dtype=torch.float32)))
     return seqs
 
 
@@ -390,11 +400,14 @@ def piece_loss(run: RLRun, seqs: list[Seq], num_tokens: int, num_seqs: int) -> t
         old_BT = logps_BT.detach()
     ref_BT = _pad([s.ref_logps for s in seqs], width, 0.0).to(device) if run.ref_model is not None else None
     adv_B = torch.tensor([s.adv for s in seqs], dtype=torch.float32, device=device)
+    has_mu = all(s.rollout_logps is not None for s in seqs)
+    mu_BT = _pad([s.rollout_logps for s in seqs], width, 0.0).to(device) if has_mu else None
     return policy_loss(logps_BT, old_BT, adv_B, mask_BT, clip_low=a.clip_low, clip_high=a.clip_high,
                        dual_clip=a.dual_clip, ratio_cap=a.ratio_cap, agg=a.loss_agg, num_tokens=num_tokens,
                        num_seqs=num_seqs, norm_const=float(run.s.max_new_tokens), ref_logps_BT=ref_BT,
                        kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy_BT=ent_BT,
-                       entropy_coef=a.entropy_coef)
+                       entropy_coef=a.entropy_coef, rollout_logps_BT=mu_BT,
+                       tis_cap=run.s.tis_cap if has_mu else 0.0)
 
 
 def update(run: RLRun, seqs: list[Seq], mini_batch: list[list[int]]) -> dict[str, float]:
