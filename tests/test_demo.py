@@ -72,7 +72,7 @@ def test_embedded_configs_match_the_files():
 def test_configs_load():
     from longrl.config import load_config
 
-    for name in ("demo_cpu.yaml", "demo_smollm2.yaml", "qwenlong_l1_32b.yaml"):
+    for name in ("demo_cpu.yaml", "demo_smollm2.yaml", "qwenlong_l1_32b.yaml", "r1_distill_1.5b_1gpu_vllm.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert len(cfg.curriculum.phases) >= 2, name
 

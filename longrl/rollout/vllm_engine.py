@@ -155,8 +155,12 @@ class VLLMGenerator:
                 counts = self.llm.collective_rpc("longrl_load_weights", args=(weights,))
             except Exception as exc:
                 raise EngineError(f"vLLM weight sync failed: {type(exc).__name__}: {exc}") from exc
-        self.llm.reset_prefix_cache()
+        self.reset_prefix_cache()
         return int(counts[0])
+
+    def reset_prefix_cache(self) -> None:
+        """Drop the engine's cached prompt KV (computed by earlier weights)."""
+        self.llm.reset_prefix_cache()
 
     def update_weights(self, model, step: int) -> None:
         """After optimizer step ``step``: :meth:`sync_weights`, then sleep (CUDA) until the next rollouts."""

@@ -69,7 +69,8 @@ class VLLMServerGenerator:
 
     ``endpoint`` is the root of a running server (``http://127.0.0.1:8000``, with or without ``/v1``);
     empty = start one with ``python`` (an interpreter whose environment has vLLM and longrl) on a free
-    loopback port, logging to ``workdir/vllm_server.log``.
+    loopback port, logging to ``workdir/vllm_server.log``. A user-started server is shared by all
+    training processes (``shared_across_processes``: the RL loop syncs it from the main process only).
     """
 
     def __init__(self, model, tokenizer, model_path: str = "", *, endpoint: str = "", python: str = "",
@@ -86,6 +87,7 @@ class VLLMServerGenerator:
             prefix="longrl-sync-", dir=shm if shm.is_dir() else None))
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "vllm_server.log"
+        self.shared_across_processes = bool(endpoint)
         if endpoint:
             self.root = endpoint.rstrip("/").removesuffix("/v1")
             self._wait_healthy(startup_timeout_s)
@@ -214,9 +216,13 @@ class VLLMServerGenerator:
         os.replace(tmp, self.sync_dir / "policy.safetensors")
         answer = self._request("POST", "/collective_rpc", {"method": "longrl_load_weights_from_path",
                                                            "args": [str(self.sync_dir)]})
-        self._request("POST", "/reset_prefix_cache")
+        self.reset_prefix_cache()
         loaded = answer.get("results", [len(tensors)])
         return int(loaded[0]) if loaded else 0
+
+    def reset_prefix_cache(self) -> None:
+        """``POST /reset_prefix_cache``: drop the server's cached prompt KV (computed by earlier weights)."""
+        self._request("POST", "/reset_prefix_cache")
 
     def update_weights(self, model, step: int) -> None:
         """After optimizer step ``step``: :meth:`sync_weights`."""

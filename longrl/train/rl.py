@@ -473,10 +473,22 @@ def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
     with warnings.catch_warnings():  # a step whose update was skipped still advances the schedule
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         run.scheduler.step()
-    if hasattr(run.generator, "update_weights"):
-        run.generator.update_weights(run.accelerator.unwrap_model(run.model), step + 1)
+    _push_weights(run, step + 1)
     timing = {"gen": t_gen - t0, "train": time.perf_counter() - t_gen}
     return step_metrics(run, generated, kept, sampling, train, timing), generated
+
+
+def _push_weights(run: RLRun, step: int) -> None:
+    """Hand the updated policy to the generator. A generator shared by all processes (one server,
+    ``shared_across_processes``) is updated by the main process only, the others waiting for it."""
+    gen = run.generator
+    if not hasattr(gen, "update_weights"):
+        return
+    shared = getattr(gen, "shared_across_processes", False)
+    if not shared or run.accelerator.is_main_process:
+        gen.update_weights(run.accelerator.unwrap_model(run.model), step)
+    if shared and run.accelerator.num_processes > 1:
+        run.accelerator.wait_for_everyone()
 
 
 def _mean_metrics(stats: list[dict[str, float]]) -> dict[str, float]:
