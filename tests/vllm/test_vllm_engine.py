@@ -126,3 +126,22 @@ def test_stale_output_layer_is_refreshed(tiny_engine, tiny64_dir):
         vllm_sync.refresh_cpu_embedding_gemms = real
     tiny_engine.sync_weights(model)
     check_engine_matches_trainer(tiny_engine, model, prompts, 8, stop, LOGPROB_ATOL["tiny"])
+
+
+def test_lora_policy_is_merged_for_the_sync(tiny_engine, tiny64_dir):
+    """A peft LoRA policy: the engine serves base + B A (merged for the sync, unmerged after)."""
+    from peft import LoraConfig, get_peft_model
+
+    tok = AutoTokenizer.from_pretrained(tiny64_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny64_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # B = 0 at init would make the adapter a no-op
+    model.eval()
+    n = tiny_engine.sync_weights(model)
+    assert n == len([k for k, _ in model.named_parameters() if "lora_" not in k])
+    assert not any(getattr(m, "merged", False) for m in model.modules())  # unmerged again after the sync
+    check_engine_matches_trainer(tiny_engine, model, _prompts(tok), 10, stop_token_ids(model, tok),
+                                 LOGPROB_ATOL["tiny"])

@@ -56,12 +56,10 @@ def test_server_follows_trainer_weights_exactly(server, tiny64_dir):
 
 
 def test_unreachable_server_error_names_the_endpoint(tiny64_dir):
-    from conftest import free_port
-
     from longrl.rollout.vllm_engine import EngineError
-    from longrl.rollout.vllm_server import VLLMServerGenerator
+    from longrl.rollout.vllm_server import VLLMServerGenerator, _free_port
 
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(EngineError, match=f"{url}: GET /health"):
         VLLMServerGenerator(None, None, endpoint=url + "/v1", startup_timeout_s=2)
 
