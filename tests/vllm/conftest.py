@@ -38,7 +38,14 @@ def smollm2_dir(tmp_path_factory) -> Path:
     gguf = next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     out = tmp_path_factory.mktemp("smollm2")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained (its config carries the GGUF quantization marker; the fix
+    # in longrl.models.load_policy is the lead's): rebuild it as a plain model with the dequantized weights.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
     assert model.config.tie_word_embeddings
     model.save_pretrained(out)
     tok.save_pretrained(out)
