@@ -10,6 +10,7 @@ need an environment with vLLM (CPU: the venv ``.ci/venv-vllm.sh`` prints); every
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def vllm_engines(args, model) -> dict:
     from longrl.rollout.vllm_engine import VLLMGenerator
     from longrl.rollout.vllm_server import VLLMServerGenerator
 
+    if args.threads:  # the engine gets the same thread count as the HF columns (vLLM binds its own otherwise)
+        os.environ.update(VLLM_CPU_OMP_THREADS_BIND="nobind", OMP_NUM_THREADS=str(args.threads))
     work = tempfile.mkdtemp(prefix="bench-vllm-")
     model.save_pretrained(work)
     for f in ("tokenizer.json", "tokenizer_config.json"):
