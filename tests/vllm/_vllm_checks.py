@@ -30,7 +30,9 @@ def check_engine_matches_trainer(gen, model, prompts: list[list[int]], max_new_t
         assert c.token_ids == hf_greedy(model, prompt, max_new_tokens, stop_ids)
         assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
         with torch.no_grad():
-            lp, _, _ = group_logprobs(model, prompt, [c.token_ids], with_entropy=False)
+            # shared=False: the shared-prompt forward's dict attention mask fails on Llama (SmolLM2) under
+            # transformers 5.19 (vLLM's pin); the plain forward is the same maths (tests/train/test_group_forward.py)
+            lp, _, _ = group_logprobs(model, prompt, [c.token_ids], with_entropy=False, shared=False)
         gap = float((lp[0, :len(c.token_ids)] - torch.tensor(c.logprobs)).abs().max())
         assert gap <= atol, gap
         worst = max(worst, gap)
