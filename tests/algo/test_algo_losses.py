@@ -212,3 +212,30 @@ def test_clipped_surrogate_token_level_advantages():
     adv = torch.tensor([[1.0, -1.0]])
     # token 1: -min(1.5, 1.28) = -1.28 ; token 2: -min(-0.5, -0.8) = 0.8
     torch.testing.assert_close(clipped_surrogate(ratio, adv, 0.2, 0.28), torch.tensor([[-1.28, 0.8]]))
+
+
+def test_truncated_importance_sampling_hand_computed():
+    """min(pi_old / mu, C) per token multiplies the loss; the weight carries no gradient."""
+    from longrl.algo.losses import truncated_is_weights
+
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    mu = torch.log(torch.tensor([[0.25, 0.4, 0.1]]))  # ratios 2.0, 0.5, 9.0
+    torch.testing.assert_close(truncated_is_weights(old, mu, 3.0), torch.tensor([[2.0, 0.5, 3.0]]))
+    logps = old.clone().requires_grad_(True)
+    mask = torch.tensor([[True, True, False]])
+    adv = torch.tensor([1.0])
+    plain, _ = policy_loss(logps, old, adv, mask, clip_low=0.2, clip_high=0.2)
+    tis, m = policy_loss(logps, old, adv, mask, clip_low=0.2, clip_high=0.2, rollout_logps_BT=mu, tis_cap=3.0)
+    # ratio 1 everywhere: per-token loss -A = -1, weighted 2.0 and 0.5 over 2 active tokens
+    assert float(plain.detach()) == pytest.approx(-1.0) and float(tis.detach()) == pytest.approx(-(2.0 + 0.5) / 2)
+    assert m["rollout/logprob_abs_diff"] == pytest.approx((math.log(2.0) + math.log(2.0)) / 2)
+    assert m["rollout/tis_clipped_frac"] == pytest.approx(0.0)  # the 9x token is masked
+    _, m2 = policy_loss(logps, old, adv, mask, clip_low=0.2, clip_high=0.2, rollout_logps_BT=mu, tis_cap=1.5)
+    assert m2["rollout/tis_clipped_frac"] == pytest.approx(0.5)
+    tis.backward()
+    # d/dlogp of -w * r * A at r = 1 is -w: the weight scales the gradient and is not differentiated
+    torch.testing.assert_close(logps.grad, torch.tensor([[-1.0, -0.25, 0.0]]))
+    with pytest.raises(ValueError, match="rollout_logps_BT"):
+        policy_loss(logps, old, adv, mask, clip_low=0.2, clip_high=0.2, tis_cap=2.0)
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(old, mu, 0.5)
