@@ -27,6 +27,7 @@ from bench import (
     model_from_args,
     setup,
 )
+from longrl.models.kernels import enable_activation_checkpointing
 from longrl.train.group_forward import group_logprobs
 
 
@@ -43,7 +44,7 @@ def _loss_step(model, prompt, completions, adv_G, shared: bool, chunk: int, out:
 def run(args) -> list[dict]:
     model = model_from_args(args)
     if args.checkpointing:
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     model.train()
     rng = torch.Generator().manual_seed(0)
     rows = []

@@ -29,6 +29,7 @@ from bench import (
     model_from_args,
     setup,
 )
+from longrl.models.kernels import enable_activation_checkpointing
 from longrl.rollout.hf import HFGenerator
 from longrl.train.group_forward import group_logprobs
 
@@ -108,7 +109,7 @@ def run(args) -> list[dict]:
         n_prompt = len(tokenizer(text)["input_ids"])
         model = model_from_args(args)
         if args.checkpointing:
-            model.activation_checkpointing_enable()
+            enable_activation_checkpointing(model)
         ours = longrl_step_times(model.train(), tokenizer, text, args)
         theirs = trl_step_times(model_from_args(args), tokenizer, text, args)
         ours_s, theirs_s = statistics.median(ours[args.warmup:]), statistics.median(theirs[args.warmup:])

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from longrl.config import ConfigError, ModelConfig
+from longrl.models.kernels import enable_activation_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def load_policy(cfg: ModelConfig, trainable: bool = True):
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if trainable and cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     if trainable and cfg.lora.enabled:
         model = _apply_lora(model, cfg)

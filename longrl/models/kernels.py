@@ -158,3 +158,13 @@ def cache_kwargs(module: nn.Module, cache) -> dict:
     """``{name: cache}`` under the name ``module.forward`` takes: ``cache`` from transformers 5.24
     (``past_key_values`` is deprecated there), ``past_key_values`` before."""
     return {_cache_kwarg(type(unwrap_peft(module))): cache}
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation (gradient) checkpointing under the name the installed transformers has:
+    ``activation_checkpointing_enable`` from 5.24 (where ``gradient_checkpointing_enable`` is deprecated),
+    ``gradient_checkpointing_enable`` before."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

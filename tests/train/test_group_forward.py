@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from longrl.models import TINY_MODEL_TYPES, tiny_causal_lm
-from longrl.models.kernels import SUPPORTED_MODEL_TYPES
+from longrl.models.kernels import SUPPORTED_MODEL_TYPES, enable_activation_checkpointing
 from longrl.train.group_forward import group_logprobs, shared_prefix_unsupported_reason
 
 VOCAB = 1000
@@ -96,7 +96,7 @@ def test_tied_embeddings_and_single_token_prompt(model_type):
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 def test_gradient_checkpointing(model_type):
     model = _tiny_qwen(seed=2, model_type=model_type)
-    model.activation_checkpointing_enable()
+    enable_activation_checkpointing(model)
     model.train()
     prompt, completions = _group(seed=2)
     _check_against_reference(model, prompt, completions)
