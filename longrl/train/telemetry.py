@@ -43,8 +43,9 @@ def _truncate_jsonl(path: Path, after_step: int) -> None:
 def _truncate_tensorboard(tb_dir: Path, after_step: int) -> None:
     """Rewrite the event files under ``tb_dir`` keeping only events of steps <= ``after_step``.
 
-    The kept events go to one new file (written completely before the old ones are removed), so the
-    resumed run's writer adds the later steps exactly once.
+    The kept events go to one new file (written completely before the old ones are removed), named with
+    a timestamp one second before the oldest file's, so readers (which take files in name order) read it
+    before the resumed run's file, which adds the later steps exactly once.
     """
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
@@ -62,8 +63,10 @@ def _truncate_tensorboard(tb_dir: Path, after_step: int) -> None:
     for ev in events:
         writer.add_event(ev)
     writer.close()
-    for f in tmp.iterdir():
-        f.replace(tb_dir / f.name)
+    first = files[0].name.split(".")[3]
+    stamp = max(0, int(first) - 1) if first.isdigit() else 0
+    (written,) = tmp.iterdir()
+    written.replace(tb_dir / f"events.out.tfevents.{stamp:010d}.resumed-at-step-{after_step}")
     tmp.rmdir()
     for f in files:
         f.unlink()

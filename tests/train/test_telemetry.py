@@ -73,9 +73,13 @@ def test_metrics_jsonl_is_strict_json_with_null_for_non_finite(tmp_path):
     assert rec == {"step": 1, "reward/acc": None, "loss/kl": None, "reward/score": 0.5}
 
 
-def test_tensorboard_after_resume_has_each_step_once(tmp_path):
+def test_tensorboard_after_resume_has_each_step_once(tmp_path, monkeypatch):
     """A killed run logged steps 1-3 but checkpointed at 1: after the resume, the event files hold
-    steps 2-3 once, with the resumed run's values (as the JSONL does)."""
+    steps 2-3 once, with the resumed run's values (as the JSONL does), in an order readers get right."""
+    from tensorboard.summary.writer import event_file_writer
+
+    # event file names end in a per-process counter; readers sort names, so '...10' comes before '...9'
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(8))
     tel = Telemetry(tmp_path, total_steps=3, progress=False)
     for step in (1, 2, 3):
         tel.log(step, {"reward/score": 0.1 * step})
