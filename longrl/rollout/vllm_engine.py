@@ -175,7 +175,11 @@ class VLLMGenerator(Generator):
             self._asleep = False
 
     def close(self) -> None:
-        """Drop the engine and the start-up copy of the weights."""
+        """Shut the engine down (its EngineCore process included: dropping the object alone leaves that
+        process running) and remove the start-up copy of the weights."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
         self.llm = None
         if self._tmp is not None:
             self._tmp.cleanup()
