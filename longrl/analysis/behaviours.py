@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from longrl.data.readers import read_json_objects
 from longrl.rewards.judge import CachedJudge, HFJudge, JudgeCache, OpenAIJudge, sanitize_answer
 
 BEHAVIOURS = ("grounding", "subgoal", "backtracking", "verification")
@@ -359,22 +360,7 @@ def _by_phase(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, A
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a jsonl file (missing file: none); a line that is not a JSON object raises, naming it."""
-    from longrl.data.records import RecordError
-
-    if not path.is_file():
-        return []
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(str(path), n, "<line>", f"invalid JSON: {e.msg}") from None
-        if not isinstance(row, dict):
-            raise RecordError(str(path), n, "<line>", "expected a JSON object")
-        rows.append(row)
-    return rows
+    return read_json_objects(path) if path.is_file() else []
 
 
 def count_rows(rows: list[dict[str, Any]], field: str = "response", judge=None, where: str = "") -> list[dict]:

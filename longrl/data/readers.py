@@ -324,6 +324,20 @@ def _iter_json_records(path: Path) -> Iterator[tuple[str, int, dict[str, Any] | 
                 yield "line", i, RecordError(str(path), f"line {i}", "<json>", f"invalid JSON: {e.msg}")
 
 
+def read_json_objects(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL (or JSON array) file, in order. The first malformed line raises its
+    :class:`RecordError` (``FILE:line N``: not UTF-8, invalid JSON, or not a JSON object)."""
+    path = Path(path)
+    rows = []
+    for kind, pos, rec in _iter_json_records(path):
+        if isinstance(rec, RecordError):
+            raise rec
+        if not isinstance(rec, dict):
+            raise RecordError(str(path), f"{kind} {pos}", "<json>", "expected a JSON object")
+        rows.append(rec)
+    return rows
+
+
 def _iter_parquet_records(path: Path) -> Iterator[tuple[str, int, dict[str, Any] | RecordError]]:
     import pyarrow.parquet as pq
 
