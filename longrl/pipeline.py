@@ -406,7 +406,7 @@ class Pipeline:
             self.accelerator.wait_for_everyone()
         model, tokenizer = self.load_model(path, trainable=False)
         self.ensure_data(tokenizer)
-        m = self.new_manifest(STAGE_INIT, path)
+        m = self.new_manifest(STAGE_INIT, self.cfg.model.path or path)   # a GGUF file: the file, not its export
         m["output_model"] = path
         m["metrics"] = {"model/parameters": sum(p.numel() for p in model.parameters()),
                         "model/vocab_size": len(tokenizer)}
