@@ -1103,15 +1103,17 @@ def build_config(data: dict[str, Any], source: str | None = None, overrides: lis
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or defaults when path is None), apply 'a.b=c' overrides, validate."""
-    data: dict[str, Any] = {}
-    source = None
-    if path is not None:
-        source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("<file>", "file not found", source)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError("<file>", f"invalid YAML: {e}", source) from None
-    return build_config(data, source, overrides)
+    if path is None:
+        return build_config({}, None, overrides)
+    return build_config(read_config_file(path), str(path), overrides)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping in ``path``; a missing file or invalid YAML is a :class:`ConfigError` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("<file>", "file not found", str(path))
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError("<file>", f"invalid YAML: {e}", str(path)) from None

@@ -79,11 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_config(args: argparse.Namespace):
     """The resolved :class:`~longrl.config.Config` for these arguments."""
-    from longrl.config import _merge, _parse_override, build_config
+    from longrl.config import _merge, _parse_override, build_config, read_config_file
 
     if args.config:
-        source = args.config
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        source, data = args.config, read_config_file(args.config)
     elif args.model.endswith(".gguf"):
         source, data = recipe("demo_smollm2")
     else:

@@ -129,3 +129,13 @@ def test_synth_arguments_are_validated_up_front(tmp_path, capsys, args, needle):
     assert main(["synth", "--out", str(out), *args]) == 2
     _assert_clean_error(capsys, needle)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [None, "model: [unclosed\n"])
+def test_demo_with_a_missing_or_broken_config_file_is_one_line(tmp_path, capsys, content):
+    cfg = tmp_path / "recipe.yaml"
+    if content is not None:
+        cfg.write_text(content)
+    assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    _assert_clean_error(capsys, str(cfg), "file not found" if content is None else "invalid YAML")
+    assert not (tmp_path / "run").exists()
