@@ -7,7 +7,7 @@ import pytest
 
 from longrl.rewards.qa import exact_match, normalize_answer, sub_exact_match, token_f1
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "docqa_samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "docqa_samples"
 
 
 def test_normalize_answer():
