@@ -321,7 +321,7 @@ def plot_behaviours(per_step: list[dict[str, Any]], out_path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from longrl.analysis.plots import join_phases
+    from longrl.analysis.plots import join_phases, save_figure
 
     rows, starts = join_phases(_by_phase(per_step))
     acc_rows, _ = join_phases(_by_phase(accuracy)) if accuracy else (rows, starts)
@@ -343,12 +343,7 @@ def plot_behaviours(per_step: list[dict[str, Any]], out_path: str | Path,
     ax_b.set_title("Reasoning behaviours (mean count per response)")
     ax_b.legend(fontsize=8)
     ax_a.set_title("Rollout accuracy (%)")
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def _by_phase(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:

@@ -108,6 +108,13 @@ def plot_accuracy_by_stage(table: list[tuple[str, dict[str, Any]]], out_path: st
     ax.set_title("Held-out accuracy after each stage")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, out_path)
+
+
+def save_figure(fig, out_path: str | Path) -> Path:
+    """Lay out, write (making the folder) and close ``fig``; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
