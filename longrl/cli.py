@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge": ("longrl.rewards.judge_cli", "Judge (question, prediction, gold) pairs with an LLM judge."),
     "sft": ("longrl.train.sft", "Warm-up supervised fine-tuning."),
     "rl": ("longrl.train.rl", "GRPO/DAPO reinforcement learning."),
+    "agent-rl": ("longrl.train.agent_rl", "GRPO/DAPO RL of the memory agent (chunked reading, multi-turn)."),
     "pipeline": ("longrl.pipeline_cli", "SFT -> curriculum RL phases -> evaluation, resumable."),
     "eval": ("longrl.eval.cli", "Evaluate on DocQA benchmarks, or re-score saved predictions."),
     "distill": ("longrl.distill", "SFT data from a teacher by rejection sampling (k traces, keep the correct)."),

@@ -826,6 +826,78 @@ class PipelineConfig:
 
 
 # --------------------------------------------------------------------------------------------------
+# The memory agent (``longrl.agent``): documents read in chunks, a bounded memory between turns
+# --------------------------------------------------------------------------------------------------
+
+AGENT_MEMORY_TEMPLATE = (
+    "You are reading a long document one chunk at a time to answer a question. You can keep only a "
+    "short memory between chunks.\n\nQuestion: $Q$\n\nMemory so far:\n$MEM$\n\n"
+    "Next chunk of the document:\n<text>\n$CHUNK$\n</text>\n\n"
+    "Write the updated memory: keep what helps to answer the question, add what this chunk adds, "
+    "drop everything else. Write only the memory."
+)
+"""A memory turn without a plan: m_t from (m_{t-1}, chunk_t, core question)."""
+
+AGENT_PLAN_TEMPLATE = (
+    "You are reading a long document one chunk at a time to answer a question. You can keep only a "
+    "short memory and a plan between chunks.\n\nQuestion: $Q$\n\nMemory so far:\n$MEM$\n\n"
+    "Plan (what to look for next):\n$PLAN$\n\nNext chunk of the document:\n<text>\n$CHUNK$\n</text>\n\n"
+    "Write the updated memory: keep what helps to answer the question, add what this chunk adds, "
+    "drop everything else. Then write what to look for in the rest of the document between <plan> and "
+    "</plan>."
+)
+"""A memory turn with a navigation plan: (m_t, p_t) from (m_{t-1}, p_{t-1}, chunk_t, core question)."""
+
+AGENT_ANSWER_TEMPLATE = (
+    "You have read a long document one chunk at a time and kept this memory of it:\n<memory>\n$MEM$\n"
+    "</memory>\n\nAnswer the question below from the memory.\n\n$Q$\n\n$FMT$"
+)
+"""The final turn: the answer from the last memory, the core question and the format instructions."""
+
+
+@dataclass
+class AgentConfig:
+    """The memory agent (after MemAgent, arXiv 2507.02259, and QwenLong-L1.5, arXiv 2512.12967): used by
+    ``longrl eval --agent memory`` and ``longrl agent-rl``. Templates name their slots ``$Q$`` (the core
+    question; the answer turn gets the whole question without its format instructions), ``$MEM$``,
+    ``$PLAN$``, ``$CHUNK$`` and ``$FMT$`` (format instructions); each slot is filled once, so a document
+    that contains a slot name is left as it is."""
+
+    chunk_tokens: int = 4096
+    """Document tokens per chunk (the policy tokenizer's); the document is read in ceil(n / chunk_tokens) turns."""
+    memory_tokens: int = 1024
+    """Memory budget: a memory turn may generate this many tokens, and a longer memory (a server that
+    ignored the budget, a memory with a thinking part cut off) is truncated to its first memory_tokens."""
+    plan: bool = False
+    """Also write a navigation plan p_t each memory turn (between <plan> and </plan>), shown in the next one."""
+    plan_tokens: int = 256
+    """Plan budget in tokens (added to a memory turn's generation budget when plan is on)."""
+    answer_new_tokens: int = 0
+    """Generation budget of the answer turn; 0 = the run's max_new_tokens (eval.max_new_tokens /
+    rollout.max_new_tokens)."""
+    memory_template: str = AGENT_MEMORY_TEMPLATE
+    """User prompt of a memory turn when plan is off; slots $Q$ $MEM$ $CHUNK$."""
+    plan_template: str = AGENT_PLAN_TEMPLATE
+    """User prompt of a memory turn when plan is on; slots $Q$ $MEM$ $PLAN$ $CHUNK$."""
+    answer_template: str = AGENT_ANSWER_TEMPLATE
+    """User prompt of the answer turn; slots $Q$ $MEM$ $FMT$."""
+    empty_memory: str = "(empty)"
+    """Text shown for an empty memory or plan (the first turn's, or one the model left blank)."""
+
+    def check(self) -> None:
+        _require(self.chunk_tokens > 0, "chunk_tokens", "must be > 0")
+        _require(self.memory_tokens > 0, "memory_tokens", "must be > 0")
+        _require(self.plan_tokens > 0, "plan_tokens", "must be > 0")
+        _require(self.answer_new_tokens >= 0, "answer_new_tokens", "must be >= 0 (0 = the run's max_new_tokens)")
+        for key, slots in (("memory_template", ("$Q$", "$MEM$", "$CHUNK$")),
+                           ("plan_template", ("$Q$", "$MEM$", "$PLAN$", "$CHUNK$")),
+                           ("answer_template", ("$Q$", "$MEM$", "$FMT$"))):
+            text = getattr(self, key)
+            for slot in slots:
+                _require(text.count(slot) == 1, key, f"must contain {slot} exactly once (found {text.count(slot)})")
+
+
+# --------------------------------------------------------------------------------------------------
 # The verl engine (``longrl pipeline --engine verl``): what only a cluster job needs
 # --------------------------------------------------------------------------------------------------
 
@@ -903,6 +975,8 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     verl: VerlEngineConfig = field(default_factory=VerlEngineConfig)
     """Cluster settings for ``longrl pipeline --engine verl`` (unused by the own trainer)."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """The memory agent (``longrl eval --agent memory``, ``longrl agent-rl``; docs/agent.md)."""
 
     def check(self) -> None:
         _require(self.save_every >= 0, "save_every", "must be >= 0")
@@ -919,13 +993,15 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """Stable short hash of the resolved config (stage manifests). A default ``verl`` section is left
-        out, so run directories made before the section existed keep their hash; the ``distill`` section
-        (used only by ``longrl distill``) never counts."""
+        """Stable short hash of the resolved config (stage manifests). A default ``verl`` or ``agent``
+        section is left out, so run directories made before the section existed keep their hash; the
+        ``distill`` section (used only by ``longrl distill``) never counts."""
         data = self.to_dict()
         data.pop("distill", None)
         if self.verl == VerlEngineConfig():
             data.pop("verl")
+        if self.agent == AgentConfig():
+            data.pop("agent")
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

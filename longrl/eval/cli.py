@@ -3,6 +3,7 @@
     longrl eval --benchmarks hotpotqa docmath --data-dir DATA --endpoint URL --model NAME [--out DIR]
     longrl eval --benchmarks hotpotqa --data-dir DATA --model-path DIR          (in-process HF)
     longrl eval score PREDICTIONS.jsonl --out SCORED.jsonl
+    longrl eval ... --agent memory      (read in chunks with a bounded memory; agent.* settings, docs/agent.md)
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-endpoint", help="judge base URL (sets reward.judge.backend=openai)")
     p.add_argument("--judge-model", help="judge model name")
     p.add_argument("--no-judge", action="store_true", help="rule metrics only")
+    p.add_argument("--agent", choices=["none", "memory"], default="none",
+                   help="'memory': read each document in agent.chunk_tokens chunks keeping a memory of at most "
+                        "agent.memory_tokens, then answer from it (every turn saved); --max-input-tokens is the "
+                        "window no turn may exceed. The endpoint is called on /completions "
+                        "(rollout.prompt_format, rollout.split_n, rollout.extra_body apply)")
     sub = p.add_subparsers(dest="eval_action", metavar="{score}")
     s = sub.add_parser("score", help="re-score saved responses without generating",
                        description="Input lines {benchmark, id, response, answers}; output adds pred and metrics.")
@@ -120,6 +126,30 @@ def _progress(done: int, total: int) -> None:
         print(f"eval: {done}/{total} generations", file=sys.stderr, flush=True)
 
 
+def _generate_with_agent(args, cfg, samples, backend, tokenizer, out, meta):
+    """The memory agent over the in-process model, or over the endpoint's /completions."""
+    from longrl.eval.agent_eval import agent_meta, generate_with_agent
+
+    e = cfg.eval
+    meta["agent"] = agent_meta(cfg.agent)
+    if args.endpoint:
+        from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
+
+        r = cfg.rollout
+        generator = OpenAIGenerator(OpenAIGeneratorConfig(
+            base_url=args.endpoint, model=args.model, api_key=os.environ.get(args.api_key_env, "") or "EMPTY",
+            prompt_format=r.prompt_format, split_n=r.split_n, extra_body=dict(r.extra_body),
+            max_concurrency=e.concurrency, timeout_s=e.timeout_s, max_retries=e.max_retries,
+            backoff_s=e.backoff_s), tokenizer)
+        try:
+            return generate_with_agent(samples, e, cfg.agent, generator, tokenizer, out, meta, seed=cfg.seed,
+                                       parallel=e.concurrency, progress=_progress)
+        finally:
+            generator.close()
+    return generate_with_agent(samples, e, cfg.agent, backend.generator, tokenizer, out, meta, seed=cfg.seed,
+                               progress=_progress)
+
+
 def run_generate(args, cfg) -> int:
     from longrl.eval.harness import generate_all, load_samples, score_generations
     from longrl.eval.report import load_reference, write_reports
@@ -129,8 +159,11 @@ def run_generate(args, cfg) -> int:
     out = Path(args.out or Path(cfg.output_dir) / "eval")
     e = cfg.eval
     meta = {"model": label, "max_new_tokens": e.max_new_tokens, "temperature": e.temperature, "top_p": e.top_p,
-            "max_input_tokens": e.max_input_tokens}
-    cache, counts = generate_all(samples, e, backend, tokenizer, out, meta, progress=_progress)
+            "max_input_tokens": e.max_input_tokens, "agent": None}
+    if args.agent == "memory":
+        cache, counts = _generate_with_agent(args, cfg, samples, backend, tokenizer, out, meta)
+    else:
+        cache, counts = generate_all(samples, e, backend, tokenizer, out, meta, progress=_progress)
     judge = _judge(cfg)
     records = score_generations(samples, cache, e, tokenizer, judge)
     extra = {"generation": counts, "config": {**meta, "k": e.k, "limit": e.limit,

@@ -53,6 +53,8 @@ class Generation:
     completion_tokens: int = -1
     error: str = ""
     """Non-empty when the generation failed after all retries."""
+    turns: list[dict[str, Any]] | None = None
+    """Memory agent (``--agent memory``): every turn's prompt and output, saved with the prediction."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,6 +126,8 @@ class GenerationCache:
         rec = {"benchmark": bench, "id": sid, "sample": idx, "response": gen.response,
                "finish_reason": gen.finish_reason, "completion_tokens": gen.completion_tokens,
                "prompt_tokens": job.prompt_tokens, "truncated": job.truncated, "error": gen.error}
+        if gen.turns is not None:
+            rec["turns"] = gen.turns
         line = json.dumps(rec, ensure_ascii=False) + "\n"
         with self._lock:
             if self.path.exists() and self.path.stat().st_size and not self._ends_with_newline():

@@ -1,0 +1,335 @@
+"""RL of the memory agent: GRPO/DAPO over multi-turn trajectories (``longrl agent-rl``).
+
+One step, top to bottom (the single-turn loop of :mod:`longrl.train.rl` with trajectories for rollouts):
+
+1. draw prompts q ~ D; for each, G trajectories tau_1..tau_G ~ pi_old with the memory agent
+   (:class:`~longrl.agent.MemoryAgent`): memory turns over the document's chunks, then the answer turn;
+2. score each trajectory by its answer: R_i = reward_fn(answer_i) (the same rule / judge hybrid) +
+   R_length(answer_i) (DAPO overlong shaping on the answer turn);
+3. dynamic sampling: drop questions whose G trajectories all score the same, draw again (DAPO);
+4. A_i = group-normalised R_i (:func:`~longrl.algo.advantages.compute_advantages`), broadcast to every
+   token of every turn of tau_i;
+5-6. the turns become training sequences (prompt = that turn's prompt, completion = its output, advantage
+   A_i) and go through the single-turn update unchanged: log pi_old when needed, then the clipped
+   surrogate with token-level aggregation over ALL turns' tokens of the mini-batch (``policy_loss``), AdamW.
+
+Turns with the same prompt (every first turn of a question; later turns whose memories coincide) form
+one shared-prompt group in the training forward. Rollouts are seeded per (seed, step, round, question,
+turn, distinct prompt), so a resumed run regenerates them exactly; checkpoints, telemetry, weight pushes
+to a server backend, the retrospective pool (``on_accuracies`` / ``extra_state``) and the non-finite
+guard are the single-turn loop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from longrl.agent import MemoryAgent, Trajectory
+from longrl.data.records import DocQASample
+from longrl.train import rl
+from longrl.train.rl import RLResult, RLRun, RLSettings, Seq
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentGroup:
+    """One question and its G scored trajectories (the fields :func:`rl.step_metrics` reads)."""
+
+    index: int
+    sample: DocQASample
+    trajectories: list[Trajectory]
+    scores: list[float] = field(default_factory=list)
+    accs: list[float] = field(default_factory=list)
+    preds: list[str | None] = field(default_factory=list)
+    penalties: list[float] = field(default_factory=list)
+
+    @property
+    def texts(self) -> list[str]:
+        return [t.response for t in self.trajectories]
+
+    @property
+    def completions(self) -> list[list[int]]:
+        """The answer turns' tokens (response-length metrics and overlong shaping are about the answer)."""
+        return [t.answer.completion_ids for t in self.trajectories]
+
+    @property
+    def finish(self) -> list[str]:
+        return [t.answer.finish_reason for t in self.trajectories]
+
+    @property
+    def rewards(self) -> list[float]:
+        return [s + p for s, p in zip(self.scores, self.penalties)]
+
+
+# ---------------------------------------------------------------------------- 1-3: trajectories, rewards, filtering
+def make_agent(run: RLRun, cfg) -> MemoryAgent:
+    """The agent sampling at the run's temperature; the answer turn's budget is the run's max_new_tokens."""
+    return MemoryAgent(run.tokenizer, cfg.agent, max_new_tokens=run.s.max_new_tokens,
+                       temperature=run.s.temperature, top_p=run.s.top_p)
+
+
+def rollout_round(run: RLRun, agent: MemoryAgent, samples: list[DocQASample], step: int,
+                  round_idx: int) -> list[AgentGroup]:
+    """G trajectories per question (this process's share), scored, gathered to all processes."""
+    acc = run.accelerator
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    groups = []
+    for i in range(acc.process_index, len(samples), acc.num_processes):
+        seed = rl.rollout_seed(run.s.seed, step, round_idx, i)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            trajs = agent.run(run.generator, samples[i], n=run.s.group_size, seed=seed)
+        groups.append(AgentGroup(index=round_idx * len(samples) + i, sample=samples[i], trajectories=trajs))
+    score_groups(run, agent, groups)
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        groups = sorted(gather_object(groups), key=lambda g: g.index)
+    return groups
+
+
+def score_groups(run: RLRun, agent: MemoryAgent, groups: list[AgentGroup]) -> None:
+    """R = reward_fn(answer) + R_length(answer), in place (one reward_fn call for every trajectory)."""
+    from longrl.algo.shaping import overlong_penalty
+
+    samples = [g.sample for g in groups for _ in g.trajectories]
+    results = run.reward_fn(samples, [t for g in groups for t in g.texts]) if samples else []
+    ov, k = run.s.overlong, 0
+    for g in groups:
+        res = results[k:k + len(g.trajectories)]
+        k += len(g.trajectories)
+        g.scores, g.accs, g.preds = [float(r.score) for r in res], [float(r.acc) for r in res], [r.pred for r in res]
+        lengths = [len(c) for c in g.completions]
+        if ov.enabled:
+            budget = agent.answer_budget
+            g.penalties = overlong_penalty(lengths, budget, min(ov.buffer_tokens, budget), ov.penalty_factor).tolist()
+        else:
+            g.penalties = [0.0] * len(lengths)
+
+
+def collect_batch(run: RLRun, agent: MemoryAgent, step: int) -> tuple[list[AgentGroup], list[AgentGroup], dict]:
+    """Steps 1-3: rounds of trajectories until the dynamic batch is full or capped (as ``rl.collect_batch``)."""
+    from longrl.algo.filtering import DynamicBatch
+
+    ds = run.s.dynamic
+    dyn = DynamicBatch(target_groups=run.s.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
+                       on_cap=ds.on_cap)
+    generated: list[AgentGroup] = []
+    kept: list[AgentGroup] = []
+    while not dyn.done:
+        groups = rollout_round(run, agent, run.sampler.next_batch(), step, dyn.rounds)
+        generated += groups
+        if run.on_accuracies is not None:
+            for g in groups:
+                run.on_accuracies(g.sample, list(g.accs))
+        if not ds.enabled:
+            kept = groups
+            break
+        values = [v for g in groups for v in (g.accs if ds.metric == "acc" else g.rewards)]
+        dyn.add_round(values, [g.index for g in groups for _ in g.trajectories])
+        kept_ids = set(dyn.kept)
+        kept += [g for g in groups if g.index in kept_ids]
+    if ds.enabled:
+        dyn.finish()
+        return kept, generated, dyn.metrics()
+    return kept, generated, {"sampling/kept_groups": float(len(kept)), "sampling/filtered_groups": 0.0,
+                             "sampling/rounds": 1.0}
+
+
+# ---------------------------------------------------------------------------- 4: the trajectory advantage on every turn
+def turn_sequences(groups: list[AgentGroup], mode: str, eps: float) -> list[Seq]:
+    """One :class:`Seq` per non-empty turn of every kept trajectory, with its trajectory's advantage.
+
+    ``Seq.group`` numbers distinct turn prompts (0, 1, ... in order of first appearance) and the
+    sequences are ordered by it, so each shared-prompt group is one contiguous run.
+    """
+    from longrl.algo.advantages import compute_advantages
+
+    rewards_N = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
+    group_ids_N = [g.index for g in groups for _ in g.trajectories]
+    task_ids_N = [g.sample.task for g in groups for _ in g.trajectories]
+    adv_N = compute_advantages(rewards_N, group_ids_N, mode=mode, eps=eps, task_ids_N=task_ids_N).tolist()
+    prompt_group: dict[tuple[int, ...], int] = {}
+    seqs, n = [], 0
+    for g in groups:
+        for traj in g.trajectories:
+            for turn in traj.turns:
+                if turn.completion_ids:
+                    gid = prompt_group.setdefault(tuple(turn.prompt_ids), len(prompt_group))
+                    mu = None if turn.logprobs is None else torch.tensor(turn.logprobs, dtype=torch.float32)
+                    seqs.append(Seq(group=gid, prompt_ids=turn.prompt_ids, completion_ids=turn.completion_ids,
+                                    adv=adv_N[n], mask=torch.ones(len(turn.completion_ids), dtype=torch.bool),
+                                    rollout_logps=mu))
+            n += 1
+    return sorted(seqs, key=lambda s: s.group)
+
+
+# ---------------------------------------------------------------------------- one step
+def agent_step(run: RLRun, agent: MemoryAgent, step: int) -> tuple[dict[str, float], list[AgentGroup]]:
+    """One GRPO/DAPO step over trajectories (module docstring); returns (metrics, every generated group)."""
+    t0 = time.perf_counter()
+    run.model.eval()
+    kept, generated, sampling = collect_batch(run, agent, step)                  # 1-3
+    t_gen = time.perf_counter()
+    run.model.train()
+    train: dict[str, float] = {}
+    seqs = turn_sequences(kept, run.s.algo.advantage, run.s.algo.eps) if kept else []   # 4
+    if seqs:
+        pieces = rl.make_pieces(seqs, run.s.micro_token_budget, run.s.shared_forward)
+        aepo_metrics = rl.old_policy_pass(run, seqs, pieces)                     # 5
+        stats = [rl.update(run, seqs, mb)                                        # 6
+                 for _ in range(run.s.epochs) for mb in rl.mini_batches(pieces, seqs, run.s.mini_batches)]
+        train = rl._mean_metrics(stats) | aepo_metrics
+    else:
+        run.skipped_updates += 1
+        log.warning("step %d: no informative group after %d round(s); no update", step + 1,
+                    int(sampling.get("sampling/rounds", 0)))
+    train["actor/lr"] = run.optimizer.param_groups[0]["lr"]
+    with warnings.catch_warnings():  # a step whose update was skipped still advances the schedule
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        run.scheduler.step()
+    rl._push_weights(run, step + 1)
+    timing = {"gen": t_gen - t0, "train": time.perf_counter() - t_gen}
+    metrics = rl.step_metrics(run, generated, kept, sampling, train, timing) | agent_metrics(generated, seqs)
+    return metrics, generated
+
+
+def agent_metrics(generated: list[AgentGroup], seqs: list[Seq]) -> dict[str, float]:
+    """agent/*: turns per trajectory, memory length, tokens trained on per step."""
+    trajs = [t for g in generated for t in g.trajectories]
+    memories = [len(t.turns[-2].memory) for t in trajs if len(t.turns) > 1]
+    return {"agent/turns_mean": rl._mean([float(len(t.turns)) for t in trajs]),
+            "agent/final_memory_chars": rl._mean([float(m) for m in memories]),
+            "agent/empty_memory_frac": rl._mean([float(m == 0) for m in memories]),
+            "agent/generated_tokens": float(sum(len(x.completion_ids) for t in trajs for x in t.turns)),
+            "agent/train_sequences": float(len(seqs)),
+            "agent/train_tokens": float(sum(len(s.completion_ids) for s in seqs))}
+
+
+def trajectory_records(groups: list[AgentGroup], n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` trajectories (one per question first), every turn included, for the rollout-samples file."""
+    out = []
+    for j in range(max((len(g.trajectories) for g in groups), default=0)):
+        for g in groups:
+            if len(out) >= n:
+                return out
+            if j < len(g.trajectories):
+                out.append({"prompt_id": f"{g.sample.source}/{g.sample.id}", "response": g.texts[j],
+                            "pred": g.preds[j], "answers": g.sample.answers, "score": g.scores[j],
+                            "acc": g.accs[j], "reward": g.rewards[j], "turns": g.trajectories[j].records()})
+    return out
+
+
+# ---------------------------------------------------------------------------- the loop
+def train_agent_rl(model, tokenizer, sampler: rl.BatchSampler, reward_fn: rl.RewardFn, cfg, *,
+                   run_dir: str | Path, steps: int | None = None, max_new_tokens: int | None = None,
+                   temperature: float | None = None, seed: int | None = None,
+                   on_accuracies: rl.AccuracyCallback | None = None, generator=None, ref_model=None,
+                   extra_state: dict[str, Any] | None = None, accelerator=None,
+                   allow_config_change: bool = False) -> RLResult:
+    """:func:`longrl.train.rl.train_rl` for the memory agent (``cfg.agent``): same arguments, run directory
+    layout, checkpoints, resume rules and result; ``max_new_tokens`` is the answer turn's budget unless
+    ``agent.answer_new_tokens`` sets it."""
+    from longrl.train.checkpoint import open_run
+    from longrl.train.optim import seed_everything
+    from longrl.train.runtime import default_accelerator, save_final
+
+    accelerator = accelerator or default_accelerator()
+    s = RLSettings.from_config(cfg, steps, max_new_tokens, temperature, seed)
+    run_dir, extra_state = Path(run_dir), extra_state or {}
+    ckpt = open_run(run_dir, rl.run_config(cfg, s), allow_change=allow_config_change, source_of=cfg.source_of,
+                    main=accelerator.is_main_process)
+    seed_everything(s.seed)
+    own_generator = generator is None
+    run = rl._build_run(model, tokenizer, sampler, reward_fn, s, cfg, generator, ref_model, on_accuracies, accelerator)
+    try:
+        start = rl._resume(run, ckpt, extra_state, run_dir)
+        if start >= s.steps and (run_dir / "final").is_dir():
+            if accelerator.is_main_process:
+                print(f"{run_dir}: already complete at step {start}; nothing to do", file=sys.stderr)
+            return RLResult(steps=s.steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
+                            skipped_updates=run.skipped_updates, already_complete=True)
+        if start < s.steps:
+            run.generator.sync_weights(accelerator.unwrap_model(run.model))
+        metrics = _loop(run, make_agent(run, cfg), run_dir, start, extra_state, cfg.to_dict())
+    finally:
+        if own_generator:
+            run.generator.close()
+    final = save_final(model, tokenizer, run_dir / "final", accelerator)
+    return RLResult(steps=s.steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
+
+
+def _loop(run: RLRun, agent: MemoryAgent, run_dir: Path, start: int, extra_state: dict[str, Any],
+          config: dict) -> dict[str, float]:
+    """Steps ``start .. s.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
+    from longrl.train.checkpoint import save_checkpoint
+    from longrl.train.telemetry import Telemetry
+
+    s, lc = run.s, run.s.logging
+    tel = Telemetry(run_dir, total_steps=s.steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
+                    tensorboard=lc.tensorboard, wandb_project=lc.wandb_project, progress=lc.progress,
+                    enabled=run.accelerator.is_main_process, config=config)
+    metrics = dict(run.last_metrics)
+    try:
+        for step in range(start, s.steps):
+            metrics, generated = agent_step(run, agent, step)
+            run.last_metrics = metrics
+            if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == s.steps):
+                tel.log(step + 1, metrics)
+            if lc.rollout_samples_every and (step + 1) % lc.rollout_samples_every == 0:
+                tel.write_samples(step + 1, trajectory_records(generated, lc.rollout_samples))
+            if (s.save_every and (step + 1) % s.save_every == 0) or step + 1 == s.steps:
+                save_checkpoint(run_dir / "checkpoints", step + 1, model=run.model, optimizer=run.optimizer,
+                                scheduler=run.scheduler, state=rl._checkpoint_state(run, extra_state),
+                                accelerator=run.accelerator, keep=s.keep_checkpoints)
+    finally:
+        tel.close()
+    return metrics
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    rl.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`longrl agent-rl`: RL of the memory agent over data.sources, written to <output_dir>/agent_rl (resumable)."""
+    from longrl.config import ConfigError, load_config
+    from longrl.curriculum.phases import PhaseSampler
+    from longrl.curriculum.samplers import source_weights
+    from longrl.data.readers import read_sources
+    from longrl.locations import check_model_config
+    from longrl.models import load_policy
+    from longrl.train.runtime import default_accelerator
+
+    cfg = load_config(args.config, args.overrides)
+    check_model_config(cfg)
+    if not cfg.data.sources:
+        raise ConfigError("data.sources", "no RL data: set data.sources", args.config)
+    samples = read_sources(cfg.data.sources, cfg.data.on_error)
+    sampler = PhaseSampler(samples, batch_size=cfg.rl.prompts_per_step, seed=cfg.seed,
+                           weights_by_source=source_weights(cfg.data.sources, samples, "data.sources"),
+                           task_balanced=cfg.curriculum.task_balanced)
+    accelerator = default_accelerator()
+    model, tokenizer = load_policy(cfg.model)
+    model.to(accelerator.device)
+    result = train_agent_rl(model, tokenizer, sampler, rl.make_reward_fn(cfg.reward), cfg,
+                            run_dir=Path(cfg.output_dir) / "agent_rl", accelerator=accelerator,
+                            allow_config_change=args.allow_config_change)
+    if accelerator.is_main_process:
+        m = result.last_metrics
+        head = f"agent RL already complete at step {result.steps}" if result.already_complete else "agent RL done"
+        print(f"{head}: {result.steps} steps, reward {m.get('reward/mean', float('nan')):.3f}, "
+              f"acc {m.get('reward/acc', float('nan')):.3f}, turns {m.get('agent/turns_mean', float('nan')):.1f}, "
+              f"skipped updates {result.skipped_updates}; model in {result.final_dir}")
+    return 0
