@@ -191,8 +191,14 @@ class MemoryAgent:
         return self._encode(text)
 
     def _truncate(self, text: str, budget: int) -> str:
+        """``text`` cut to its first tokens so that it re-encodes to at most ``budget`` tokens (decoding a cut
+        and encoding it again can give more tokens: the cut is shortened until it fits)."""
         ids = self._encode(text)
-        return text if len(ids) <= budget else self.tok.decode(ids[:budget], skip_special_tokens=True).strip()
+        keep = budget
+        while len(ids) > budget:
+            text = self.tok.decode(ids[:keep], skip_special_tokens=True).strip()
+            ids, keep = self._encode(text), keep - 1
+        return text
 
     def chunks(self, document: str) -> list[str]:
         """The document cut into pieces of ``chunk_tokens`` policy tokens (one empty chunk when empty)."""

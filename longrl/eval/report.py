@@ -82,7 +82,7 @@ def summarize(records: list[dict[str, Any]], judged: bool) -> dict[str, Any]:
 
 SAMPLE_FIELDS = ("benchmark", "id", "sample", "question", "answers", "response", "finish_reason", "failed",
                  "error", "prompt_tokens", "truncated", "completion_tokens", "has_think", "thinking_chars",
-                 "thinking_tokens", "pred", "metrics", "rule", "judge", "judge_status", "score")
+                 "thinking_tokens", "pred", "metrics", "rule", "judge", "judge_status", "score", "turns")
 
 
 def write_samples(records: list[dict[str, Any]], path: str | Path) -> None:

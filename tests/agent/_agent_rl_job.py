@@ -22,7 +22,8 @@ BASE = [
     "reward.overlong.buffer_tokens=2", "rl.optim.lr=0.01", "rl.micro_token_budget=400",
     "logging.progress=false", "logging.tensorboard=false", "save_every=1", "keep_checkpoints=2",
     "rl.dynamic_sampling.max_rounds=2", "logging.rollout_samples_every=1", "agent.chunk_tokens=32",
-    "agent.memory_tokens=4",
+    "agent.memory_tokens=4", "agent.memory_template='Q: $Q$ M: $MEM$ C: $CHUNK$'",
+    "agent.answer_template='M: $MEM$ Q: $Q$ $FMT$'",
 ]
 
 
@@ -58,7 +59,7 @@ class LoggedGenerator(HFGenerator):
 
 
 def make_samples(n: int = 6) -> list[DocQASample]:
-    doc = " ".join(f"Person {j} lives in Maple." for j in range(10))
+    doc = " ".join(f"Person {j} lives in Maple." for j in range(4))
     return [DocQASample(id=f"q{i}", source="toy", task="qa", document=f"{doc} The river Lumen flows through Norwick {i}.",
                         question="Where does the river flow?", answers=["Norwick"]) for i in range(n)]
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from longrl.config import EvalConfig
 from longrl.eval.cli import main
-from longrl.eval.harness import CACHE_FILE
+from longrl.eval.harness import CACHE_FILE, load_samples
 
-WINDOW = 320
+WINDOW = 600
 
 
 def _data_dir(shared_samples_dir: Path, tmp_path: Path, chars: int = 1400) -> Path:
@@ -34,10 +35,10 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
 
 def _check_records(out: Path, data: Path, tok) -> list[dict]:
     recs = [json.loads(x) for x in (out / CACHE_FILE).read_text().splitlines()]
-    contexts = {json.loads(x)["_id"]: json.loads(x)["context"] for x in (data / "hotpotqa.jsonl").read_text().splitlines()}
+    docs = {s.id: s.document for s in load_samples(EvalConfig(benchmarks=["hotpotqa"], data_dir=str(data)))["hotpotqa"]}
     assert len(recs) == 4 and not any(r["error"] for r in recs)
     for r in recs:
-        n_doc = len(tok.encode(contexts[r["id"]].strip(), add_special_tokens=False))
+        n_doc = len(tok.encode(docs[r["id"]].strip(), add_special_tokens=False))
         assert n_doc > WINDOW  # the document alone would not fit the window
         kinds = [t["kind"] for t in r["turns"]]
         assert kinds == ["memory"] * math.ceil(n_doc / 128) + ["answer"]

@@ -119,8 +119,8 @@ def test_retrospective_sampling_records_every_group(tiny_model_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     samples = make_samples()
-    for s in samples:
-        s.n_tokens = 100
+    for i, s in enumerate(samples):
+        s.n_tokens = 100 if i < 4 else 300  # four in phase 1, two in phase 2
     sampler = CurriculumSampler(samples, [PhaseSpec(200, name="p1"), PhaseSpec(400, name="p2")], batch_size=2,
                                 seed=0, hard_threshold=0.0)
     seen = []
