@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from longrl.agent import MemoryAgent, MemoryState, split_query
+from longrl.agent import MemoryAgent, MemoryState, WindowError, split_query
 from longrl.config import AgentConfig, CopyPretrainConfig, load_config
 from longrl.data.prompt import chat_prompt_ids, render_user_prompt
 from longrl.data.records import DocQASample
@@ -47,7 +47,6 @@ ANSWER_NEW_TOKENS = 32
 class Sizes:
     window: int = 192
     doc_factor: int = 4
-    chunk_tokens: int = 112
     memory_tokens: int = 16
     vocab: int = 1200
     hidden: int = 128
@@ -61,13 +60,28 @@ class Sizes:
     group_size: int = 4
 
 
-QUICK = Sizes(window=160, doc_factor=3, chunk_tokens=80, memory_tokens=12, vocab=600, hidden=32, copy_steps=10,
+QUICK = Sizes(window=160, doc_factor=3, memory_tokens=12, vocab=600, hidden=32, copy_steps=10,
               sft_steps=10, sft_batch=4, train_questions=24, heldout=6, rl_steps=2, rl_prompts=2, group_size=2)
 
 
-def agent_config(z: Sizes) -> AgentConfig:
-    return AgentConfig(chunk_tokens=z.chunk_tokens, memory_tokens=z.memory_tokens, memory_template=MEMORY_TEMPLATE,
+def agent_config(z: Sizes, chunk_tokens: int) -> AgentConfig:
+    return AgentConfig(chunk_tokens=chunk_tokens, memory_tokens=z.memory_tokens, memory_template=MEMORY_TEMPLATE,
                        answer_template=ANSWER_TEMPLATE, answer_new_tokens=ANSWER_NEW_TOKENS)
+
+
+def largest_chunk(tok, z: Sizes, samples: list[DocQASample]) -> AgentConfig:
+    """The agent config with the largest chunk for which every sample's turns fit the window."""
+    chunk = z.window
+    while chunk > 8:
+        acfg = agent_config(z, chunk)
+        agent = MemoryAgent(tok, acfg, max_new_tokens=ANSWER_NEW_TOKENS, window=z.window)
+        try:
+            for s in samples:
+                agent.check_window(s)
+            return acfg
+        except WindowError:
+            chunk -= 4
+    raise WindowError(f"no chunk size fits a window of {z.window}")
 
 
 # ---------------------------------------------------------------------------- data and policy
@@ -136,7 +150,7 @@ def sft(model, examples: list[tuple[list[int], list[int]]], steps: int, batch: i
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return sum(losses[-20:]) / len(losses[-20:])
 
@@ -163,12 +177,11 @@ def eval_agent(model, tok, acfg: AgentConfig, samples, window: int) -> tuple[flo
 
 
 # ---------------------------------------------------------------------------- the run
-def agent_rl(model, tok, z: Sizes, train: list[DocQASample], out: Path) -> dict:
+def agent_rl(model, tok, z: Sizes, a: AgentConfig, train: list[DocQASample], out: Path) -> dict:
     from longrl.curriculum.phases import PhaseSampler
     from longrl.train.agent_rl import train_agent_rl
     from longrl.train.rl import make_reward_fn
 
-    a = agent_config(z)
     cfg = load_config(None, [
         f"output_dir={out}", "seed=0", "save_every=10", "keep_checkpoints=1", f"rl.steps={z.rl_steps}",
         f"rl.prompts_per_step={z.rl_prompts}", f"rollout.group_size={z.group_size}", "rollout.temperature=1.0",
@@ -199,12 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     count = lambda text: len(tok.encode(text, add_special_tokens=False))  # noqa: E731
     doc_tokens = z.window * z.doc_factor
     train, heldout = questions(z.train_questions, doc_tokens, "train", count), questions(z.heldout, doc_tokens, "heldout", count)
-    acfg = agent_config(z)
+    acfg = largest_chunk(tok, z, train[:200] + heldout)
     agent = MemoryAgent(tok, acfg, max_new_tokens=ANSWER_NEW_TOKENS, window=z.window)
-    agent.check_window(train[0])
     base_model = type(model)(model.config)
     base_model.load_state_dict(model.state_dict())
-    r: dict = {"sizes": vars(z), "doc_tokens_mean": sum(count(s.document) for s in heldout) / len(heldout),
+    r: dict = {"sizes": vars(z), "chunk_tokens": acfg.chunk_tokens, "doc_tokens_mean": sum(count(s.document) for s in heldout) / len(heldout),
                "heldout": len(heldout)}
     r["baseline_sft_loss"] = sft(base_model, [baseline_example(tok, s, z.window) for s in train], z.sft_steps, z.sft_batch)
     r["baseline_acc"] = eval_baseline(base_model, tok, heldout, z.window)
@@ -213,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     r["agent_sft_loss"] = sft(model, ex, z.sft_steps * 2, z.sft_batch)  # ~7 turns per question: twice the steps
     r["agent_sft_acc"], r["agent_sft_remembered"] = eval_agent(model, tok, acfg, heldout, z.window)
     times["agent_sft_s"] = time.monotonic() - t0 - sum(times.values())
-    r["rl_last_metrics"] = {k: v for k, v in agent_rl(model, tok, z, train, out).items() if isinstance(v, float)}
+    r["rl_last_metrics"] = {k: v for k, v in agent_rl(model, tok, z, acfg, train, out).items() if isinstance(v, float)}
     r["agent_rl_acc"], r["agent_rl_remembered"] = eval_agent(model, tok, acfg, heldout, z.window)
     times["agent_rl_s"] = time.monotonic() - t0 - sum(times.values())
     r["times"] = times

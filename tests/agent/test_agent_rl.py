@@ -174,3 +174,22 @@ def test_kill_9_mid_trajectory_batch_resumes_exactly(tiny_model_dir, tmp_path):
     assert [r["step"] for r in rows[1]] == [1, 2, 3, 4]
     for key in ("reward/mean", "agent/train_tokens", "agent/generated_tokens", "actor/grad_norm"):
         assert [r.get(key) for r in rows[0]] == [r.get(key) for r in rows[1]], key
+
+
+def test_agent_rl_command(tiny_model_dir, tmp_path, capsys):
+    from longrl.cli import main
+    from longrl.data.readers import write_jsonl
+
+    write_jsonl(make_samples(4), tmp_path / "train.jsonl")
+    config = tmp_path / "agent.yaml"
+    config.write_text(json.dumps({
+        "output_dir": str(tmp_path / "run"), "model": {"path": str(tiny_model_dir)},
+        "data": {"sources": [{"path": str(tmp_path / "train.jsonl"), "format": "jsonl"}]},
+        "reward": {"require_think": False}, "logging": {"progress": False, "tensorboard": False}}))
+    overrides = [b for b in BASE if not b.startswith("rl.optim")] + ["rl.steps=1"]
+    assert main(["agent-rl", "--config", str(config), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "agent RL done: 1 steps" in out and "turns 4.0" in out
+    assert (tmp_path / "run" / "agent_rl" / "final").is_dir()
+    assert main(["agent-rl", "--config", str(config), *overrides, "agent.memory_template=no slots"]) == 2
+    assert "config key 'agent.memory_template' given on the command line" in capsys.readouterr().err
