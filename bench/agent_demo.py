@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     times = {}
     model, tok = build_policy(z, out)
     times["pretrain_s"] = time.monotonic() - t0
+    print(f"policy built and copy-pretrained ({times['pretrain_s']:.0f}s)", flush=True)
     count = lambda text: len(tok.encode(text, add_special_tokens=False))  # noqa: E731
     doc_tokens = z.window * z.doc_factor
     train, heldout = questions(z.train_questions, doc_tokens, "train", count), questions(z.heldout, doc_tokens, "heldout", count)
@@ -221,10 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     r["baseline_sft_loss"] = sft(base_model, [baseline_example(tok, s, z.window) for s in train], z.sft_steps, z.sft_batch)
     r["baseline_acc"] = eval_baseline(base_model, tok, heldout, z.window)
     times["baseline_s"] = time.monotonic() - t0 - sum(times.values())
+    print(f"baseline: SFT loss {r['baseline_sft_loss']:.3f}, accuracy {r['baseline_acc']:.3f} "
+          f"({times['baseline_s']:.0f}s; chunk {acfg.chunk_tokens} tokens)", flush=True)
     ex = [e for s in train for e in agent_examples(agent, s)]
     r["agent_sft_loss"] = sft(model, ex, z.sft_steps * 2, z.sft_batch)  # ~7 turns per question: twice the steps
     r["agent_sft_acc"], r["agent_sft_remembered"] = eval_agent(model, tok, acfg, heldout, z.window)
     times["agent_sft_s"] = time.monotonic() - t0 - sum(times.values())
+    print(f"agent after SFT: loss {r['agent_sft_loss']:.3f}, accuracy {r['agent_sft_acc']:.3f}, evidence in "
+          f"memory {r['agent_sft_remembered']:.3f} ({times['agent_sft_s']:.0f}s)", flush=True)
     r["rl_last_metrics"] = {k: v for k, v in agent_rl(model, tok, z, acfg, train, out).items() if isinstance(v, float)}
     r["agent_rl_acc"], r["agent_rl_remembered"] = eval_agent(model, tok, acfg, heldout, z.window)
     times["agent_rl_s"] = time.monotonic() - t0 - sum(times.values())
