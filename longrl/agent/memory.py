@@ -216,14 +216,14 @@ class MemoryAgent:
         slots = {"$Q$": query.core, "$MEM$": state.memory or self.cfg.empty_memory, "$FMT$": query.format}
         return fill_template(self.cfg.answer_template, slots)
 
-    def check_window(self, sample: DocQASample) -> None:
+    def check_window(self, sample: DocQASample, chunks: list[str] | None = None) -> None:
         """Raise :class:`WindowError` when the longest possible turn prompt of ``sample`` exceeds the window:
         the template and question, one full chunk, and a memory (and plan) at its budget (plus
         :data:`EDGE_SLACK`)."""
         if self.window is None:
             return
         query = split_query(sample.question)
-        chunk = max(self.chunks(sample.document), key=lambda t: len(self._encode(t)))
+        chunk = max(chunks or self.chunks(sample.document), key=lambda t: len(self._encode(t)))
         frame = len(self._chat_ids(self.memory_prompt(query, MemoryState(), chunk)))
         need = frame + self.cfg.memory_tokens + (self.cfg.plan_tokens if self.cfg.plan else 0) + EDGE_SLACK
         answer = len(self._chat_ids(self.answer_prompt(query, MemoryState()))) + self.cfg.memory_tokens + EDGE_SLACK
@@ -238,11 +238,11 @@ class MemoryAgent:
     def run(self, generator, sample: DocQASample, n: int, seed: int | None = None) -> list[Trajectory]:
         """``n`` trajectories over ``sample``. With ``seed``, turn t's k-th distinct prompt is sampled after
         ``generator.reseed(turn_seed(seed, t, k))`` (reproducible where the backend's sampling is)."""
-        self.check_window(sample)
+        chunks = self.chunks(sample.document)
+        self.check_window(sample, chunks)
         query = split_query(sample.question)
         states = [MemoryState() for _ in range(n)]
         trajs = [Trajectory() for _ in range(n)]
-        chunks = self.chunks(sample.document)
         for t, chunk in enumerate(chunks):
             prompts = [self.memory_prompt(query, st, chunk) for st in states]
             turns = self._generate(generator, "memory", prompts, self.memory_budget, seed, t)
