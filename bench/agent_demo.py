@@ -4,7 +4,8 @@
     python -m bench.agent_demo --out runs/agent_demo_quick --quick   # toy sizes: checks every stage runs
 
 One from-scratch tiny Qwen2 policy (tokenizer trained on the task's text, copy pretraining for an induction
-circuit) is fine-tuned twice with the same number of SFT steps on the same questions:
+circuit, recall pretraining for fact lookup) is fine-tuned twice on the same questions (the agent with twice the
+steps: each question gives it ~7 turn examples):
 
 * baseline: the single-turn QwenLong prompt, its document middle-truncated so the prompt fits ``--window``
   tokens, target ``<think>evidence</think> Therefore, the answer is X.``;
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 
 from longrl.agent import MemoryAgent, MemoryState, WindowError, split_query
-from longrl.config import AgentConfig, CopyPretrainConfig, load_config
+from longrl.config import AgentConfig, CopyPretrainConfig, RecallPretrainConfig, load_config
 from longrl.data.prompt import chat_prompt_ids, render_user_prompt
 from longrl.data.records import DocQASample
 from longrl.data.synth import generate
@@ -50,17 +51,18 @@ class Sizes:
     memory_tokens: int = 16
     vocab: int = 1200
     hidden: int = 128
-    copy_steps: int = 600
-    sft_steps: int = 600
+    copy_steps: int = 800
+    recall_steps: int = 400
+    sft_steps: int = 800
     sft_batch: int = 16
     train_questions: int = 2000
     heldout: int = 128
-    rl_steps: int = 30
+    rl_steps: int = 40
     rl_prompts: int = 8
     group_size: int = 4
 
 
-QUICK = Sizes(window=160, doc_factor=3, memory_tokens=12, vocab=600, hidden=32, copy_steps=10,
+QUICK = Sizes(window=160, doc_factor=3, memory_tokens=12, vocab=600, hidden=32, copy_steps=10, recall_steps=4,
               sft_steps=10, sft_batch=4, train_questions=24, heldout=6, rl_steps=2, rl_prompts=2, group_size=2)
 
 
@@ -90,19 +92,25 @@ def questions(n: int, doc_tokens: int, split: str, count) -> list[DocQASample]:
 
 
 def build_policy(z: Sizes, out: Path):
-    """Tokenizer trained on the task's prompts and targets, random Qwen2, copy pretraining."""
+    """Tokenizer trained on the task's prompts and targets, random Qwen2, copy then recall pretraining (the
+    ``longrl demo`` recipe's two tasks: an induction circuit, then fact lookup in short documents)."""
     from longrl.models import build_tiny_model, build_tiny_tokenizer
     from longrl.pipeline import adapt_tiny_tokenizer
     from longrl.train.copy_pretrain import copy_pretrain
+    from longrl.train.recall_pretrain import recall_pretrain
 
     corpus = generate(200, 256, seed=0, families=("lookup",), split="corpus")
     texts = [render_user_prompt(s.document, s.question) for s in corpus]
     texts += [MEMORY_TEMPLATE + ANSWER_TEMPLATE + "<think></think> Therefore, the answer is"] * 20
     tok = adapt_tiny_tokenizer(build_tiny_tokenizer(texts, vocab_size=z.vocab))
     model = build_tiny_model(tok, hidden_size=z.hidden, num_layers=2, num_heads=4, num_kv_heads=2, seed=0)
-    copy_pretrain(model, tok, CopyPretrainConfig(steps=z.copy_steps, batch_size=16, lr=1e-3),
-                  run_dir=out / "copy_pretrain", seed=0, progress=False)
-    return model, tok
+    metrics = copy_pretrain(model, tok, CopyPretrainConfig(steps=z.copy_steps, batch_size=16, lr=1e-3),
+                            run_dir=out / "copy_pretrain", seed=0, progress=False)
+    if z.recall_steps:
+        metrics |= recall_pretrain(model, tok, RecallPretrainConfig(steps=z.recall_steps, batch_size=16, lr=1e-3,
+                                                                    documents=100 if z.recall_steps < 50 else 4000),
+                                   families=("lookup",), run_dir=out / "recall_pretrain", seed=0, progress=False)
+    return model, tok, metrics
 
 
 def answer_target(evidence: str, answer: str) -> str:
@@ -207,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     z, out, t0 = (QUICK if args.quick else Sizes()), Path(args.out), time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     times = {}
-    model, tok = build_policy(z, out)
+    model, tok, pretrain = build_policy(z, out)
     times["pretrain_s"] = time.monotonic() - t0
-    print(f"policy built and copy-pretrained ({times['pretrain_s']:.0f}s)", flush=True)
+    print(f"policy built, copy- and recall-pretrained ({times['pretrain_s']:.0f}s)", flush=True)
     count = lambda text: len(tok.encode(text, add_special_tokens=False))  # noqa: E731
     doc_tokens = z.window * z.doc_factor
     train, heldout = questions(z.train_questions, doc_tokens, "train", count), questions(z.heldout, doc_tokens, "heldout", count)
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = MemoryAgent(tok, acfg, max_new_tokens=ANSWER_NEW_TOKENS, window=z.window)
     base_model = type(model)(model.config)
     base_model.load_state_dict(model.state_dict())
-    r: dict = {"sizes": vars(z), "chunk_tokens": acfg.chunk_tokens, "doc_tokens_mean": sum(count(s.document) for s in heldout) / len(heldout),
+    r: dict = {"sizes": vars(z), "pretrain": pretrain, "chunk_tokens": acfg.chunk_tokens, "doc_tokens_mean": sum(count(s.document) for s in heldout) / len(heldout),
                "heldout": len(heldout)}
     r["baseline_sft_loss"] = sft(base_model, [baseline_example(tok, s, z.window) for s in train], z.sft_steps, z.sft_batch)
     r["baseline_acc"] = eval_baseline(base_model, tok, heldout, z.window)
