@@ -60,6 +60,9 @@ class Sizes:
     rl_steps: int = 40
     rl_prompts: int = 8
     group_size: int = 4
+    evidence_repeat: int = 4
+    """Agent SFT: the turn that writes the evidence into memory, and the answer turn, are seen this many times
+    (most memory turns see no evidence; without it the policy learns to leave the memory empty)."""
 
 
 QUICK = Sizes(window=160, doc_factor=3, memory_tokens=12, vocab=600, hidden=32, copy_steps=10, recall_steps=4,
@@ -117,17 +120,19 @@ def answer_target(evidence: str, answer: str) -> str:
     return f"<think>{evidence}</think> Therefore, the answer is {answer}."
 
 
-def agent_examples(agent: MemoryAgent, s: DocQASample) -> list[tuple[list[int], list[int]]]:
-    """The gold turns of one question: the evidence sentence is remembered from the chunk that shows it whole."""
+def agent_examples(agent: MemoryAgent, s: DocQASample, repeat: int = 1) -> list[tuple[list[int], list[int]]]:
+    """The gold turns of one question: the evidence sentence is remembered from the chunk that shows it whole;
+    the turn that writes it and the answer turn appear ``repeat`` times."""
     evidence, query, memory, out = s.metadata["evidence"][0], split_query(s.question), "", []
     for chunk in agent.chunks(s.document):
         prompt = agent._chat_ids(agent.memory_prompt(query, MemoryState(memory), chunk))
-        if evidence in chunk:
+        found = evidence in chunk and not memory
+        if found:
             memory = evidence
-        out.append((prompt, agent._encode(memory) + [agent.tok.eos_token_id]))
+        out += [(prompt, agent._encode(memory) + [agent.tok.eos_token_id])] * (repeat if found else 1)
     if memory:
         prompt = agent._chat_ids(agent.answer_prompt(query, MemoryState(memory)))
-        out.append((prompt, agent._encode(answer_target(memory, s.answers[0])) + [agent.tok.eos_token_id]))
+        out += [(prompt, agent._encode(answer_target(memory, s.answers[0])) + [agent.tok.eos_token_id])] * repeat
     return out
 
 
@@ -168,20 +173,31 @@ def accuracy(samples: list[DocQASample], responses: list[str]) -> float:
     return sum(rule_score(s.task, r, s.answers, s.question, s.document).acc for s, r in zip(samples, responses)) / len(samples)
 
 
-def eval_baseline(model, tok, samples, window: int) -> float:
-    gen = HFGenerator(model, tok)
-    outs = [gen.generate([chat_prompt_ids(tok, s, max_tokens=window)], 1, ANSWER_NEW_TOKENS, 0.0)[0][0].text
-            for s in samples]
-    return accuracy(samples, outs)
+EVAL_TEMPERATURES = (0.0, 0.7)
+"""Greedy, and the sampling temperature ``longrl demo`` and QwenLong-L1 evaluate at (seeded)."""
 
 
-def eval_agent(model, tok, acfg: AgentConfig, samples, window: int) -> tuple[float, float]:
-    """(accuracy, fraction of questions whose final memory holds the evidence sentence)."""
-    agent = MemoryAgent(tok, acfg, max_new_tokens=ANSWER_NEW_TOKENS, temperature=0.0, window=window)
-    gen = HFGenerator(model, tok)
-    trajs = [agent.run(gen, s, n=1)[0] for s in samples]
-    remembered = sum(s.metadata["evidence"][0] in t.turns[-2].memory for s, t in zip(samples, trajs)) / len(samples)
-    return accuracy(samples, [t.response for t in trajs]), remembered
+def eval_baseline(model, tok, samples, window: int) -> dict[str, float]:
+    out = {}
+    for temp in EVAL_TEMPERATURES:
+        gen = HFGenerator(model, tok, seed=0)
+        texts = [gen.generate([chat_prompt_ids(tok, s, max_tokens=window)], 1, ANSWER_NEW_TOKENS, temp)[0][0].text
+                 for s in samples]
+        out[f"acc@T{temp}"] = accuracy(samples, texts)
+    return out
+
+
+def eval_agent(model, tok, acfg: AgentConfig, samples, window: int) -> dict[str, float]:
+    """Accuracy, and the fraction of questions whose final memory holds the evidence sentence, per temperature."""
+    out = {}
+    for temp in EVAL_TEMPERATURES:
+        agent = MemoryAgent(tok, acfg, max_new_tokens=ANSWER_NEW_TOKENS, temperature=temp, window=window)
+        gen = HFGenerator(model, tok, seed=0)
+        trajs = [agent.run(gen, s, n=1)[0] for s in samples]
+        out[f"acc@T{temp}"] = accuracy(samples, [t.response for t in trajs])
+        out[f"remembered@T{temp}"] = sum(s.metadata["evidence"][0] in t.turns[-2].memory
+                                         for s, t in zip(samples, trajs)) / len(samples)
+    return out
 
 
 # ---------------------------------------------------------------------------- the run
@@ -228,27 +244,29 @@ def main(argv: list[str] | None = None) -> int:
     r: dict = {"sizes": vars(z), "pretrain": pretrain, "chunk_tokens": acfg.chunk_tokens, "doc_tokens_mean": sum(count(s.document) for s in heldout) / len(heldout),
                "heldout": len(heldout)}
     r["baseline_sft_loss"] = sft(base_model, [baseline_example(tok, s, z.window) for s in train], z.sft_steps, z.sft_batch)
-    r["baseline_acc"] = eval_baseline(base_model, tok, heldout, z.window)
+    r["baseline"] = eval_baseline(base_model, tok, heldout, z.window)
     times["baseline_s"] = time.monotonic() - t0 - sum(times.values())
-    print(f"baseline: SFT loss {r['baseline_sft_loss']:.3f}, accuracy {r['baseline_acc']:.3f} "
-          f"({times['baseline_s']:.0f}s; chunk {acfg.chunk_tokens} tokens)", flush=True)
-    ex = [e for s in train for e in agent_examples(agent, s)]
+    print(f"baseline: SFT loss {r['baseline_sft_loss']:.3f}, {r['baseline']} ({times['baseline_s']:.0f}s; "
+          f"chunk {acfg.chunk_tokens} tokens)", flush=True)
+    ex = [e for s in train for e in agent_examples(agent, s, z.evidence_repeat)]
     r["agent_sft_loss"] = sft(model, ex, z.sft_steps * 2, z.sft_batch)  # ~7 turns per question: twice the steps
-    r["agent_sft_acc"], r["agent_sft_remembered"] = eval_agent(model, tok, acfg, heldout, z.window)
+    r["agent_sft"] = eval_agent(model, tok, acfg, heldout, z.window)
     times["agent_sft_s"] = time.monotonic() - t0 - sum(times.values())
-    print(f"agent after SFT: loss {r['agent_sft_loss']:.3f}, accuracy {r['agent_sft_acc']:.3f}, evidence in "
-          f"memory {r['agent_sft_remembered']:.3f} ({times['agent_sft_s']:.0f}s)", flush=True)
+    print(f"agent after SFT: loss {r['agent_sft_loss']:.3f}, {r['agent_sft']} ({times['agent_sft_s']:.0f}s)", flush=True)
     r["rl_last_metrics"] = {k: v for k, v in agent_rl(model, tok, z, acfg, train, out).items() if isinstance(v, float)}
-    r["agent_rl_acc"], r["agent_rl_remembered"] = eval_agent(model, tok, acfg, heldout, z.window)
+    r["agent_rl"] = eval_agent(model, tok, acfg, heldout, z.window)
     times["agent_rl_s"] = time.monotonic() - t0 - sum(times.values())
     r["times"] = times
     (out / "results.json").write_text(json.dumps(r, indent=1))
-    table = (f"| held-out lookup questions, documents ~{r['doc_tokens_mean']:.0f} tokens, window {z.window} | accuracy | "
-             f"evidence in final memory |\n|---|---|---|\n"
-             f"| middle truncation (single turn, SFT) | {100 * r['baseline_acc']:.1f}% | - |\n"
-             f"| memory agent after SFT | {100 * r['agent_sft_acc']:.1f}% | {100 * r['agent_sft_remembered']:.1f}% |\n"
-             f"| memory agent after SFT + {z.rl_steps} RL steps | {100 * r['agent_rl_acc']:.1f}% | "
-             f"{100 * r['agent_rl_remembered']:.1f}% |\n")
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    rows = [("middle truncation (single turn, SFT)", r["baseline"]), ("memory agent after SFT", r["agent_sft"]),
+            (f"memory agent after SFT + {z.rl_steps} RL steps", r["agent_rl"])]
+    table = (f"| {len(heldout)} held-out lookup questions, documents ~{r['doc_tokens_mean']:.0f} tokens, window "
+             f"{z.window} | accuracy, greedy | accuracy, T=0.7 | evidence in final memory (greedy / T=0.7) |\n"
+             "|---|---|---|---|\n" + "".join(
+                 f"| {name} | {pct(m['acc@T0.0'])} | {pct(m['acc@T0.7'])} | "
+                 + (f"{pct(m['remembered@T0.0'])} / {pct(m['remembered@T0.7'])}" if "remembered@T0.0" in m else "-")
+                 + " |\n" for name, m in rows))
     (out / "results.md").write_text(table)
     print(table)
     print(f"total {time.monotonic() - t0:.0f}s; {json.dumps({k: round(v) for k, v in times.items()})}")
