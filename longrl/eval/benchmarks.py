@@ -23,6 +23,8 @@ class Scored:
     """Every metric of the benchmark, each in [0, 1]."""
     rule: float
     """The rule metric that enters max(rule, judge): sub_em or acc."""
+    reason: str = ""
+    """Why the rule scorer gave what it gave, where the scorer says (the held-out sets' rule reward)."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,10 @@ class Benchmark:
     judge_final_text: bool = False
     """Without an extracted answer, judge the final text instead (QwenLong-L1's docmath_verify.py)."""
 
-    def score(self, response: str, answers: list[str], *, first_gold_only: bool = False) -> Scored:
-        """Extract the answer from a full response and compute every metric."""
+    def score(self, response: str, answers: list[str], *, first_gold_only: bool = False,
+              sample: DocQASample | None = None) -> Scored:
+        """Extract the answer from a full response and compute every metric (``sample``: the scored sample,
+        for adapters that need more of it than its answers)."""
         pred = self.extract(response)
         values = self.metric_fn(pred, answers, first_gold_only)
         return Scored(pred=pred, metrics=values, rule=values[self.rule_metric])

@@ -121,24 +121,16 @@ def _progress(done: int, total: int) -> None:
 
 
 def run_generate(args, cfg) -> int:
-    from longrl.eval.harness import generate_all, load_samples, score_generations
-    from longrl.eval.report import load_reference, write_reports
+    from longrl.eval.harness import evaluate_benchmarks, load_samples
+    from longrl.eval.report import load_reference
 
     samples = load_samples(cfg.eval)
     backend, tokenizer, label = _backend(args, cfg)
     out = Path(args.out or Path(cfg.output_dir) / "eval")
     e = cfg.eval
-    meta = {"model": label, "max_new_tokens": e.max_new_tokens, "temperature": e.temperature, "top_p": e.top_p,
-            "max_input_tokens": e.max_input_tokens}
-    cache, counts = generate_all(samples, e, backend, tokenizer, out, meta, progress=_progress)
-    judge = _judge(cfg)
-    records = score_generations(samples, cache, e, tokenizer, judge)
-    extra = {"generation": counts, "config": {**meta, "k": e.k, "limit": e.limit,
-                                              "first_gold_only": e.first_gold_only}}
-    if judge is not None:
-        extra["judge_metrics"] = judge.metrics()
     reference = load_reference(e.reference) if e.reference else None
-    summary = write_reports(records, out, label, judged=judge is not None, reference=reference, extra=extra)
+    summary, counts = evaluate_benchmarks(samples, e, backend, tokenizer, out, label, judge=_judge(cfg),
+                                          reference=reference, progress=_progress)
     print((out / "table.md").read_text())
     print(f"eval: {counts['cached']} cached, {counts['generated']} generated, {counts['failed']} failed "
           f"({summary['failed']} failed samples scored 0); reports in {out}", file=sys.stderr)

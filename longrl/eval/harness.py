@@ -25,7 +25,7 @@ from typing import Any
 
 from longrl.config import ConfigError, EvalConfig
 from longrl.data.records import DocQASample, RecordError
-from longrl.eval.benchmarks import BENCHMARKS, get_benchmark
+from longrl.eval.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from longrl.eval.metrics import judge_prediction, split_thinking
 from longrl.rollout.openai import RETRY_STATUS, GenerationError
 
@@ -327,24 +327,53 @@ def generate_all(samples: dict[str, list[DocQASample]], cfg: EvalConfig, backend
     return cache, counts
 
 
+def generation_meta(label: str, cfg: EvalConfig) -> dict[str, Any]:
+    """The settings a generations cache is tied to (:func:`check_cache_meta`)."""
+    return {"model": label, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+            "top_p": cfg.top_p, "max_input_tokens": cfg.max_input_tokens}
+
+
+def evaluate_benchmarks(samples: dict[str, list[DocQASample]], cfg: EvalConfig, backend, tokenizer, out_dir: Path,
+                        label: str, *, judge=None, reference: dict[str, Any] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """THE benchmark evaluation (``longrl eval`` and the pipeline's eval stage): generate what the cache in
+    ``out_dir`` lacks, score (rule, then the judge when given), write samples.jsonl, summary.json and
+    table.md; returns (summary, generation counts)."""
+    from longrl.eval.report import write_reports
+
+    meta = generation_meta(label, cfg)
+    cache, counts = generate_all(samples, cfg, backend, tokenizer, out_dir, meta, progress=progress)
+    records = score_generations(samples, cache, cfg, tokenizer, judge)
+    extra: dict[str, Any] = {"generation": counts, "config": {**meta, "k": cfg.k, "limit": cfg.limit,
+                                                              "first_gold_only": cfg.first_gold_only}}
+    if judge is not None:
+        extra["judge_metrics"] = judge.metrics()
+    summary = write_reports(records, out_dir, label, judged=judge is not None, reference=reference, extra=extra)
+    return summary, counts
+
+
 def _count_tokens(tokenizer, text: str) -> int | None:
     if tokenizer is None:
         return None
     return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
-def score_record(rec: dict[str, Any], answers: list[str], cfg: EvalConfig, tokenizer=None) -> dict[str, Any]:
-    """Add extraction, thinking length and rule metrics to a generation record (judge fields unset)."""
-    bench = get_benchmark(rec["benchmark"])
+def score_record(rec: dict[str, Any], answers: list[str], cfg: EvalConfig, tokenizer=None, *,
+                 bench: Benchmark | None = None, sample: DocQASample | None = None) -> dict[str, Any]:
+    """Add extraction, thinking length and rule metrics to a generation record (judge fields unset).
+    ``bench``: the adapter (default: the registered benchmark the record names)."""
+    bench = bench or get_benchmark(rec["benchmark"])
     response = rec.get("response") or ""
     failed = bool(rec.get("error")) or "response" not in rec
-    scored = bench.score(response, answers, first_gold_only=cfg.first_gold_only)
+    scored = bench.score(response, answers, first_gold_only=cfg.first_gold_only, sample=sample)
     thinking, final = split_thinking(response)
     out = dict(rec)
     out.update(answers=answers, failed=failed, pred=scored.pred, metrics=scored.metrics, rule=scored.rule,
                has_think=final is not None, thinking_chars=len(thinking),
                thinking_tokens=_count_tokens(tokenizer, thinking), judge=None, judge_status="off",
                score=scored.rule)
+    if scored.reason:
+        out["reason"] = scored.reason
     return out
 
 
@@ -376,16 +405,19 @@ def apply_judge(records: list[dict[str, Any]], questions: dict[tuple[str, str], 
 
 
 def score_generations(samples: dict[str, list[DocQASample]], cache: GenerationCache, cfg: EvalConfig,
-                      tokenizer=None, judge=None) -> list[dict[str, Any]]:
-    """One scored record per (benchmark, id, sample index) in ``samples`` x k; missing ones are failed."""
+                      tokenizer=None, judge=None, adapters: dict[str, Benchmark] | None = None) -> list[dict[str, Any]]:
+    """One scored record per (benchmark, id, sample index) in ``samples`` x k; missing ones are failed.
+    ``adapters`` maps a key of ``samples`` to its adapter when it is not a registered benchmark (the
+    pipeline's held-out sets: :mod:`longrl.eval.heldout`)."""
     records = []
     for bench, items in samples.items():
+        adapter = (adapters or {}).get(bench) or get_benchmark(bench)
         for s in items:
             for i in range(cfg.k):
                 rec = cache.records.get((bench, s.id, i)) or {
                     "benchmark": bench, "id": s.id, "sample": i, "response": "", "finish_reason": "error",
                     "error": "no generation recorded"}
-                rec = score_record(rec, s.answers, cfg, tokenizer)
+                rec = score_record(rec, s.answers, cfg, tokenizer, bench=adapter, sample=s)
                 rec["question"] = s.question
                 records.append(rec)
     if judge is not None:
