@@ -6,6 +6,7 @@ Qwen2 pre-tokenizer pipeline and a ChatML chat template, and a small ``Qwen2ForC
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -158,6 +159,21 @@ def build_tiny_policy(texts: Iterable[str], *, vocab_size: int = 2000, hidden_si
     model = build_tiny_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                              num_kv_heads=num_kv_heads, seed=seed, model_type=model_type)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def hf_progress_bars_off():
+    """transformers' per-call progress bars ("Loading weights", saving) off inside the block: a run's console
+    shows longrl's own progress, not one bar per model load or checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def save_pretrained_dir(model, tokenizer, path: str | Path) -> Path:

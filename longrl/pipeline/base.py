@@ -11,7 +11,7 @@ from typing import Any
 from longrl.config import Config
 from longrl.data.prepare import write_jsonl_rows
 from longrl.eval.heldout import evaluate_sets
-from longrl.models import _pretrained_location, load_policy, load_tokenizer
+from longrl.models import _pretrained_location, hf_progress_bars_off, load_policy, load_tokenizer
 from longrl.pipeline.data import PipelineData, load_data, write_data
 from longrl.pipeline.report import progress_bar
 from longrl.pipeline.stages import (
@@ -65,7 +65,8 @@ class PipelineBase:
     def load_model(self, path: str, trainable: bool = True):
         model_cfg = dataclasses.replace(self.cfg.model, path=path,
                                         tokenizer=self.cfg.model.tokenizer if path == self.cfg.model.path else "")
-        model, tokenizer = load_policy(model_cfg, trainable=trainable)
+        with hf_progress_bars_off():
+            model, tokenizer = load_policy(model_cfg, trainable=trainable)
         return model.to(self.accelerator.device), tokenizer
 
     def load_tokenizer(self, path: str):

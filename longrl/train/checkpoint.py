@@ -152,15 +152,10 @@ def save_checkpoint(root: str | Path, step: int, *, model, optimizer=None, sched
 
 def _save_model_quietly(model, path: Path) -> None:
     """``save_pretrained`` without transformers' per-call progress bar."""
-    from transformers.utils import logging as hf_logging
+    from longrl.models import hf_progress_bars_off
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with hf_progress_bars_off():
         model.save_pretrained(path, safe_serialization=True)
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _prune(root: Path, keep: int) -> None:
