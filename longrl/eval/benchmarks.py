@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from longrl.data.readers import read_source
 from longrl.data.records import DocQASample
 from longrl.eval import metrics as M
 
@@ -68,8 +69,6 @@ class Benchmark:
 
     def load(self, data_dir: str | Path, limit: int = 0) -> list[DocQASample]:
         """Read the benchmark's samples (the first ``limit`` when > 0), tagged with its name as source."""
-        from longrl.data.readers import read_source
-
         samples = read_source(self.find_data(data_dir), format=self.format, name=self.name)
         return samples[:limit] if limit > 0 else samples
 

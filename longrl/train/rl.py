@@ -42,8 +42,36 @@ from typing import Any, Protocol
 
 import torch
 
-from longrl.curriculum.samplers import PhaseSpec
+from longrl.algo import aepo
+from longrl.algo.advantages import compute_advantages
+from longrl.algo.aepo import AEPOState, entropy_negative_mask
+from longrl.algo.filtering import DynamicBatch
+from longrl.algo.losses import merge_micro_metrics, policy_loss
+from longrl.algo.shaping import overlong_penalty
+from longrl.config import ConfigError, load_config
+from longrl.curriculum.phases import PhaseSampler
+from longrl.curriculum.samplers import PhaseSpec, source_weights
+from longrl.data.prompt import chat_prompt_ids
+from longrl.data.readers import read_sources
 from longrl.data.records import DocQASample
+from longrl.locations import check_model_config
+from longrl.models import load_policy
+from longrl.rewards.hybrid import HybridReward, RewardItem
+from longrl.rewards.judge import make_judge
+from longrl.rollout.hf import HFGenerator
+from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
+from longrl.train.checkpoint import announce_resume, load_checkpoint, open_run, save_checkpoint
+from longrl.train.group_forward import group_logprobs
+from longrl.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    pack_by_token_budget,
+    seed_everything,
+    shard,
+    synced_update,
+)
+from longrl.train.runtime import default_accelerator, save_final
+from longrl.train.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +213,6 @@ def _generate_group(run: RLRun, prompt_ids: list[int], seed: int) -> list:
 
 def _score_groups(run: RLRun, groups: list[Group]) -> None:
     """R = reward_fn(o) + R_length(o), filled in place (one reward_fn call for all rollouts)."""
-    from longrl.algo.shaping import overlong_penalty
-
     samples = [g.sample for g in groups for _ in g.texts]
     results = run.reward_fn(samples, [t for g in groups for t in g.texts]) if samples else []
     ov = run.cfg.reward.overlong
@@ -207,8 +233,6 @@ def _score_groups(run: RLRun, groups: list[Group]) -> None:
 
 def rollout_round(run: RLRun, samples: list[DocQASample], step: int, round_idx: int) -> list[Group]:
     """Generate and score G rollouts for each prompt (this process's share), gathered to all processes."""
-    from longrl.data.prompt import chat_prompt_ids
-
     acc = run.accelerator
     groups = []
     for i in range(acc.process_index, len(samples), acc.num_processes):
@@ -231,8 +255,6 @@ def collect_batch(run: RLRun, step: int) -> tuple[list[Group], list[Group], dict
 
     Returns ``(kept groups, every generated group, sampling/* metrics)``.
     """
-    from longrl.algo.filtering import DynamicBatch
-
     ds = run.cfg.rl.dynamic_sampling
     dyn = DynamicBatch(target_groups=run.cfg.rl.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
                        on_cap=ds.on_cap)
@@ -261,8 +283,6 @@ def collect_batch(run: RLRun, step: int) -> tuple[list[Group], list[Group], dict
 # ---------------------------------------------------------------------------- 4: advantages
 def group_advantages(groups: list[Group], mode: str, eps: float) -> list[list[float]]:
     """A_i per rollout, grouped like ``groups`` (group-normalised over each prompt's rollouts)."""
-    from longrl.algo.advantages import compute_advantages
-
     rewards_N = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
     group_ids_N = [g.index for g in groups for _ in g.texts]
     task_ids_N = [g.sample.task for g in groups for _ in g.texts]
@@ -292,8 +312,6 @@ def make_pieces(seqs: list[Seq], budget: int, shared: bool) -> list[list[int]]:
 
     With the shared-prompt forward a piece costs P + sum |o_i|; without, sum (P + |o_i|).
     """
-    from longrl.train.optim import pack_by_token_budget
-
     pieces: list[list[int]] = []
     start = 0
     while start < len(seqs):
@@ -331,8 +349,6 @@ def _pad(rows: list[torch.Tensor], width: int, fill) -> torch.Tensor:
 
 def piece_logprobs(run: RLRun, model, seqs: list[Seq], with_entropy: bool):
     """``(logps_BT, entropy_BT|None, mask_BT)`` of one piece's completions under ``model``."""
-    from longrl.train.group_forward import group_logprobs
-
     return group_logprobs(model, seqs[0].prompt_ids, [s.completion_ids for s in seqs], chunk=run.cfg.rl.logprob_chunk,
                           temperature=run.cfg.rollout.temperature, with_entropy=with_entropy, shared=run.cfg.rl.shared_prompt_forward)
 
@@ -344,8 +360,6 @@ def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> dic
 
     Every process computes every piece so all hold the same token counts for the loss denominators.
     """
-    from longrl.algo.aepo import entropy_negative_mask
-
     a = run.cfg.algo
     model = run.accelerator.unwrap_model(run.model)
     ent_sum, ent_n = 0.0, 0
@@ -374,8 +388,6 @@ def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> dic
 def aepo_batch_rule(run: RLRun, seqs: list[Seq], ent_sum: float, ent_n: int) -> dict[str, float]:
     """AEPO batch mode: move the hysteresis state with the batch entropy; while active, drop every
     negative-advantage sample from the update (its mask emptied)."""
-    from longrl.algo import aepo
-
     entropy = aepo.batch_mean_entropy(ent_sum, ent_n)
     dropped = 0.0
     if run.aepo.update(entropy) and seqs:
@@ -387,8 +399,6 @@ def aepo_batch_rule(run: RLRun, seqs: list[Seq], ent_sum: float, ent_n: int) -> 
 
 def piece_loss(run: RLRun, seqs: list[Seq], num_tokens: int, num_seqs: int) -> tuple[torch.Tensor, dict]:
     """This piece's share of the mini-batch objective (clipped surrogate [+ KL] [- entropy])."""
-    from longrl.algo.losses import policy_loss
-
     a = run.cfg.algo
     logps_BT, ent_BT, _ = piece_logprobs(run, run.model, seqs, with_entropy=True)
     device, width = logps_BT.device, logps_BT.shape[1]
@@ -411,9 +421,6 @@ def piece_loss(run: RLRun, seqs: list[Seq], num_tokens: int, num_seqs: int) -> t
 
 def update(run: RLRun, seqs: list[Seq], mini_batch: list[list[int]]) -> dict[str, float]:
     """theta <- AdamW(theta, grad J_mb): token-budget micro-batches, exact global token-mean, clip."""
-    from longrl.algo.losses import merge_micro_metrics
-    from longrl.train.optim import shard, synced_update
-
     members = [seqs[i] for piece in mini_batch for i in piece]
     num_tokens = int(sum(int(s.mask.sum()) for s in members))
     num_seqs = sum(1 for s in members if bool(s.mask.any()))
@@ -552,8 +559,6 @@ class HybridRewardFn:
         self.hybrid = hybrid
 
     def __call__(self, samples: list[DocQASample], responses: list[str]) -> list[Any]:
-        from longrl.rewards.hybrid import RewardItem
-
         items = [RewardItem(task=s.task, question=s.question, response=r, answers=list(s.answers),
                             document=s.document) for s, r in zip(samples, responses)]
         return self.hybrid.score_batch(items)
@@ -566,9 +571,6 @@ class HybridRewardFn:
 
 def make_reward_fn(reward_cfg) -> HybridRewardFn:
     """The configured hybrid reward (judge from ``reward_cfg.judge``; none when backend is 'none')."""
-    from longrl.rewards.hybrid import HybridReward
-    from longrl.rewards.judge import make_judge
-
     return HybridRewardFn(HybridReward(reward_cfg, make_judge(reward_cfg.judge)))
 
 
@@ -590,8 +592,6 @@ def _checkpoint_state(run: RLRun, extra_state: dict[str, Any]) -> dict[str, Any]
 
 def _resume(run: RLRun, path: Path | None, extra_state: dict[str, Any], run_dir: Path) -> int:
     """Restore checkpoint ``path`` (None: a fresh start); return the step to continue from."""
-    from longrl.train.checkpoint import announce_resume, load_checkpoint
-
     if path is None:
         return 0
     trainer = load_checkpoint(path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
@@ -613,12 +613,9 @@ def build_generator(cfg, model, tokenizer):
     that reloads the policy from ``sync_dir`` every ``sync_every`` steps (see docs/rollouts.md)."""
     r = cfg.rollout
     if r.backend == "hf":
-        from longrl.rollout.hf import HFGenerator
-
         return HFGenerator(model, tokenizer, shared_prefill=r.shared_prefill)
     if r.backend in ("vllm", "vllm-server"):
         return _build_vllm_generator(cfg, model, tokenizer)
-    from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
 
     return OpenAIGenerator(OpenAIGeneratorConfig(
         base_url=r.endpoint, model=r.model or cfg.model.path, prompt_format=r.prompt_format, split_n=r.split_n,
@@ -649,9 +646,6 @@ def _build_vllm_generator(cfg, model, tokenizer):
 
 def _build_run(model, tokenizer, sampler, reward_fn, cfg, generator, ref_model, on_accuracies,
                accelerator) -> RLRun:
-    from longrl.algo.aepo import AEPOState
-    from longrl.train.optim import build_optimizer, build_scheduler
-
     if cfg.algo.kl_coef > 0 and ref_model is None:
         ref_model = _frozen_copy(accelerator.unwrap_model(model))
     if generator is None:
@@ -690,10 +684,6 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
     final metrics, and left untouched. The final model + tokenizer are written to ``run_dir/final``.
     Every process must call this with the same arguments.
     """
-    from longrl.train.checkpoint import open_run
-    from longrl.train.optim import seed_everything
-    from longrl.train.runtime import default_accelerator, save_final
-
     accelerator = accelerator or default_accelerator()
     source_of = cfg.source_of
     cfg = phase_config(cfg, phase, seed)
@@ -723,9 +713,6 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
 
 def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any]) -> dict[str, float]:
     """Steps ``start .. rl.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
-    from longrl.train.checkpoint import save_checkpoint
-    from longrl.train.telemetry import Telemetry
-
     c, lc = run.cfg, run.cfg.logging
     steps = c.rl.steps
     tel = Telemetry(run_dir, total_steps=steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
@@ -759,14 +746,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`longrl rl`: one RL stage over data.sources, written to <output_dir>/rl (resumable)."""
-    from longrl.config import ConfigError, load_config
-    from longrl.curriculum.phases import PhaseSampler
-    from longrl.curriculum.samplers import source_weights
-    from longrl.data.readers import read_sources
-    from longrl.locations import check_model_config
-    from longrl.models import load_policy
-    from longrl.train.runtime import default_accelerator
-
     cfg = load_config(args.config, args.overrides)
     check_model_config(cfg)
     if not cfg.data.sources:
