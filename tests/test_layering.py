@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "longrl"
 
 LAYERS = [
-    {"config", "recipes", "locations"},
+    {"config", "recipes", "locations", "http"},
     {"models", "algo"},
     {"data"},
     {"rewards", "curriculum"},

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from longrl.rollout.openai import GenerationError, OpenAIGenerator, OpenAIGeneratorConfig
+from tests._fault_server import FaultServer
 from tests.conftest import free_port
 
 SAMPLE = {"generation_config": json.dumps({"do_sample": True})}
@@ -110,7 +109,7 @@ def test_server_limits_give_clear_errors(served):
     prompt = _chat_ids(tok, QUESTIONS[0])
     with pytest.raises(GenerationError, match=r"/v1/completions: HTTP 400.*prompt must be a string"):
         _generator(served, prompt_format="ids").generate([prompt], n=1, max_new_tokens=2)
-    with pytest.raises(GenerationError, match=r"/v1/completions: expected 2 choices, got 1.*split_n"):
+    with pytest.raises(GenerationError, match=r"/v1/completions: malformed answer: expected 2 choices, got 1.*split_n"):
         _generator(served, split_n=False).generate([prompt], n=2, max_new_tokens=2)
     with pytest.raises(GenerationError, match="HTTP 422"):  # unknown fields are refused, not retried
         _generator(served, extra_body={"return_token_ids": True}).generate([prompt], n=1, max_new_tokens=2)
@@ -145,41 +144,6 @@ def test_update_weights_reloads_the_server(openai_server, tiny_model_dir, tmp_pa
 
 
 # ------------------------------------------------------------------ faults, on a stdlib loopback server
-class FaultServer:
-    """Answers POSTs with ``script[i]`` = (status, body, delay_s) for the i-th request (last one repeats)."""
-
-    def __init__(self, script):
-        self.script, self.calls = script, 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, body, delay = outer.script[min(outer.calls, len(outer.script) - 1)]
-                outer.calls += 1
-                time.sleep(delay)
-                data = body.encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (timeout)
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def fault_server():
     servers = []
