@@ -156,8 +156,8 @@ class OpenAITeacher:
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self.generator = OpenAIGenerator(OpenAIGeneratorConfig(
             base_url=cfg.endpoint, model=cfg.teacher_model, api_key=key or "EMPTY", mode="chat",
-            split_n=cfg.split_n, max_concurrency=cfg.k if cfg.split_n else 1, timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, extra_body=dict(cfg.extra_body)), tokenizer)
+            split_n=cfg.split_n, max_concurrency=cfg.k if cfg.split_n else 1, http=cfg.http_policy(),
+            extra_body=dict(cfg.extra_body)), tokenizer)
         self.requests_per_question = cfg.k if cfg.split_n else 1
 
     def sample(self, sample: DocQASample) -> list[tuple[str, str]]:

@@ -103,7 +103,8 @@ def _backend(args, cfg):
             raise ConfigError("--model", "--endpoint needs --model (the name the server knows the model by)")
         backend = EndpointBackend(args.endpoint, args.model, api_key=os.environ.get(args.api_key_env, ""),
                                   concurrency=cfg.eval.concurrency, timeout_s=cfg.eval.timeout_s,
-                                  max_retries=cfg.eval.max_retries, backoff_s=cfg.eval.backoff_s)
+                                  max_retries=cfg.eval.max_retries, backoff_s=cfg.eval.backoff_s,
+                                  max_backoff_s=cfg.eval.max_backoff_s)
         return backend, _tokenizer(args, cfg), args.model
     path = args.model_path or cfg.model.path
     if not path:

@@ -66,14 +66,9 @@ class OpenAIGeneratorConfig:
     """Send n one-choice requests per prompt instead of one request with ``n`` (servers that ignore
     ``n``, such as ``transformers serve``)."""
     max_concurrency: int = 8
-    timeout_s: float = http.GENERATION_TIMEOUT_S
-    """Per-attempt timeout (connect, read, write)."""
-    max_retries: int = http.DEFAULT_MAX_RETRIES
-    """Retries on transport errors, timeouts, 408, 409, 429 and 5xx (:mod:`longrl.http`)."""
-    backoff_s: float = http.DEFAULT_BACKOFF_S
-    """First retry delay; doubles on each retry (jittered)."""
-    max_backoff_s: float = http.DEFAULT_MAX_BACKOFF_S
-    """Cap on one retry delay."""
+    http: http.HttpPolicy = field(default_factory=http.HttpPolicy)
+    """Timeout, retries and back-off of every request (:mod:`longrl.http`; a config section's
+    ``http_policy()``, e.g. ``RolloutConfig.http_policy()``)."""
     extra_body: dict = field(default_factory=dict)
     """Merged into every request body (vLLM: {"return_token_ids": True}; ``transformers serve``:
     {"generation_config": '{"do_sample": true}'}, without which it decodes greedily)."""
@@ -87,10 +82,6 @@ class OpenAIGeneratorConfig:
     re-reads ``sync_dir``; ``/reset`` makes ``transformers serve`` reload on the next request.
     '' = do not POST (something else reloads)."""
 
-    def http_policy(self) -> http.HttpPolicy:
-        """Timeout, retries and back-off of every request."""
-        return http.HttpPolicy(timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_s=self.backoff_s,
-                               max_backoff_s=self.max_backoff_s)
 
 
 class OpenAIGenerator(Generator):
@@ -104,7 +95,7 @@ class OpenAIGenerator(Generator):
         if cfg.sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {cfg.sync_every}")
         self.cfg = cfg
-        self.policy = cfg.http_policy()
+        self.policy = cfg.http
         self.tokenizer = tokenizer
         self.client = client or http.new_client(concurrency=cfg.max_concurrency, headers=http.bearer(cfg.api_key),
                                                 base_url=cfg.base_url.rstrip("/"))

@@ -82,16 +82,14 @@ class VLLMServerGenerator(Generator):
     empty = start one with ``python`` (an interpreter whose environment has vLLM and longrl) on a free
     loopback port, logging to ``workdir/vllm_server.log``. A user-started server is shared by all
     training processes (``shared_across_processes``: the RL loop syncs it from the main process only).
-    ``timeout_s``, ``max_retries``, ``backoff_s`` and ``max_backoff_s`` make the
-    :class:`~longrl.http.HttpPolicy` of sampling and weight-sync requests alike.
+    ``http`` (:class:`~longrl.http.HttpPolicy`) governs sampling and weight-sync requests alike.
     """
 
     def __init__(self, model, tokenizer, model_path: str = "", *, endpoint: str = "", python: str = "",
                  dtype: str = "auto", enforce_eager: bool = True, max_model_len: int = 0, kv_cache_gib: float = 2.0,
                  seed: int = 0, server_args: list[str] | None = None, startup_timeout_s: float = 900.0,
-                 workdir: str | Path | None = None, timeout_s: float = http.GENERATION_TIMEOUT_S,
-                 max_retries: int = http.DEFAULT_MAX_RETRIES, backoff_s: float = http.DEFAULT_BACKOFF_S,
-                 max_backoff_s: float = http.DEFAULT_MAX_BACKOFF_S, max_concurrency: int = 8, sync_dir: str = ""):
+                 workdir: str | Path | None = None, http_policy: http.HttpPolicy | None = None,
+                 max_concurrency: int = 8, sync_dir: str = ""):
         self.tokenizer = tokenizer
         self._tmp = tempfile.TemporaryDirectory(prefix="longrl-vllm-server-")
         self.workdir = Path(workdir or self._tmp.name)
@@ -102,8 +100,7 @@ class VLLMServerGenerator(Generator):
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "vllm_server.log"
         self.shared_across_processes = bool(endpoint)
-        self.policy = http.HttpPolicy(timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s,
-                                      max_backoff_s=max_backoff_s)
+        self.policy = http_policy or http.HttpPolicy()
         if endpoint:
             self.root = endpoint.rstrip("/").removesuffix("/v1")
             self._wait_healthy(startup_timeout_s)
@@ -115,8 +112,7 @@ class VLLMServerGenerator(Generator):
                                     max_model_len, kv_cache_gib, seed, server_args or [], startup_timeout_s)
         self.client = http.new_client(concurrency=1)
         self.openai = OpenAIGenerator(OpenAIGeneratorConfig(
-            base_url=self.root + "/v1", model=self._served_model(), timeout_s=timeout_s, max_retries=max_retries,
-            backoff_s=backoff_s, max_backoff_s=max_backoff_s, max_concurrency=max_concurrency,
+            base_url=self.root + "/v1", model=self._served_model(), http=self.policy, max_concurrency=max_concurrency,
             extra_body={"return_token_ids": True, "logprobs": 0}), tokenizer)
 
     # ------------------------------------------------------------------ lifecycle

@@ -619,9 +619,9 @@ def build_generator(cfg, model, tokenizer):
 
     return OpenAIGenerator(OpenAIGeneratorConfig(
         base_url=r.endpoint, model=r.model or cfg.model.path, prompt_format=r.prompt_format, split_n=r.split_n,
-        extra_body=dict(r.extra_body), max_concurrency=r.max_concurrency, timeout_s=r.timeout_s,
-        max_retries=r.max_retries, sync_dir=r.sync_dir or str(Path(cfg.output_dir) / "rollout_policy"),
-        sync_every=r.sync_every, reload_path=r.reload_path), tokenizer)
+        extra_body=dict(r.extra_body), max_concurrency=r.max_concurrency, http=r.http_policy(),
+        sync_dir=r.sync_dir or str(Path(cfg.output_dir) / "rollout_policy"), sync_every=r.sync_every,
+        reload_path=r.reload_path), tokenizer)
 
 
 def _build_vllm_generator(cfg, model, tokenizer):
@@ -640,8 +640,8 @@ def _build_vllm_generator(cfg, model, tokenizer):
 
     return VLLMServerGenerator(getattr(model, "module", model), tokenizer, **common, endpoint=r.endpoint,
                                python=r.vllm_python, server_args=list(r.vllm_server_args),
-                               startup_timeout_s=r.vllm_startup_timeout_s, timeout_s=r.timeout_s,
-                               max_retries=r.max_retries, max_concurrency=r.max_concurrency, sync_dir=r.sync_dir)
+                               startup_timeout_s=r.vllm_startup_timeout_s, http_policy=r.http_policy(),
+                               max_concurrency=r.max_concurrency, sync_dir=r.sync_dir)
 
 
 def _build_run(model, tokenizer, sampler, reward_fn, cfg, generator, ref_model, on_accuracies,

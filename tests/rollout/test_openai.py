@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from longrl.http import HttpPolicy
 from longrl.rollout.openai import GenerationError, OpenAIGenerator, OpenAIGeneratorConfig
 from tests._fault_server import FaultServer
 from tests.conftest import free_port
@@ -46,7 +47,7 @@ def served(openai_server, tiny_model_dir):
 
 def _generator(served, **kw) -> OpenAIGenerator:
     base, model, tok = served
-    kw = {"prompt_format": "text", "split_n": True, "timeout_s": 60, "max_retries": 0, **kw}
+    kw = {"prompt_format": "text", "split_n": True, "http": HttpPolicy(timeout_s=60, max_retries=0), **kw}
     return OpenAIGenerator(OpenAIGeneratorConfig(base_url=base, model=model, **kw), tok)
 
 
@@ -121,7 +122,8 @@ def test_update_weights_reloads_the_server(openai_server, tiny_model_dir, tmp_pa
     base, _ = openai_server(sync_dir)
     tok = AutoTokenizer.from_pretrained(sync_dir)
     gen = OpenAIGenerator(OpenAIGeneratorConfig(base_url=base, model=str(sync_dir), prompt_format="text",
-                                                sync_dir=str(sync_dir), sync_every=2, timeout_s=60), tok)
+                                                sync_dir=str(sync_dir), sync_every=2,
+                                                http=HttpPolicy(timeout_s=60)), tok)
     prompt = _chat_ids(tok, QUESTIONS[0])
 
     def served_greedy() -> str:  # the server's own text, before any re-tokenisation by the generator
@@ -162,10 +164,10 @@ def _ok(n: int) -> str:
                                     "token_ids": [10 + i, 11]} for i in range(n)]})
 
 
-def _fault_generator(base: str, **kw) -> OpenAIGenerator:
-    kw = {"max_retries": 2, "backoff_s": 0.01, "timeout_s": 5.0, **kw}
-    cfg = OpenAIGeneratorConfig(base_url=base, model="m", **kw)
-    return OpenAIGenerator(cfg, tokenizer=None)
+def _fault_generator(base: str, max_concurrency: int = 8, **kw) -> OpenAIGenerator:
+    policy = HttpPolicy(**{"max_retries": 2, "backoff_s": 0.01, "timeout_s": 5.0, **kw})
+    return OpenAIGenerator(OpenAIGeneratorConfig(base_url=base, model="m", http=policy,
+                                                 max_concurrency=max_concurrency), tokenizer=None)
 
 
 def test_429_then_success_is_retried(fault_server):
@@ -227,7 +229,7 @@ def test_retokenised_ids_get_eos_on_stop_and_fit_the_budget(fault_server, tiny_t
     answer = {"choices": [{"index": 1, "text": text, "finish_reason": "length"},
                           {"index": 0, "text": text, "finish_reason": "stop"}]}
     srv = fault_server([(200, json.dumps(answer), 0.0)])
-    gen = OpenAIGenerator(OpenAIGeneratorConfig(base_url=srv.base, model="m", max_retries=0), tiny_tokenizer)
+    gen = OpenAIGenerator(OpenAIGeneratorConfig(base_url=srv.base, model="m", http=HttpPolicy(max_retries=0)), tiny_tokenizer)
     [[stop, length]] = gen.generate([[1]], n=2, max_new_tokens=len(ids) + 1)
     assert stop.token_ids == [*ids, tiny_tokenizer.eos_token_id] and stop.finish_reason == "stop"
     assert length.token_ids == ids and length.text == text

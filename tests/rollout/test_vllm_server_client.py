@@ -10,6 +10,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
+from longrl.http import HttpPolicy
 from longrl.rollout.vllm_engine import EngineError
 from longrl.rollout.vllm_server import VLLMServerGenerator
 from tests._fault_server import FaultServer
@@ -31,7 +32,7 @@ def fake_vllm():
 
 
 def _client(srv, tmp_path) -> VLLMServerGenerator:
-    return VLLMServerGenerator(None, None, endpoint=srv.base, max_retries=2, backoff_s=0.01, sync_dir=str(tmp_path),
+    return VLLMServerGenerator(None, None, endpoint=srv.base, http_policy=HttpPolicy(max_retries=2, backoff_s=0.01), sync_dir=str(tmp_path),
                                startup_timeout_s=5)
 
 

@@ -48,7 +48,7 @@ ACCEPTABLE = {
 OWN_ONLY = (
     "model.device", "rollout.backend", "rollout.shared_prefill", "rollout.endpoint", "rollout.model",
     "rollout.prompt_format", "rollout.split_n", "rollout.extra_body", "rollout.max_concurrency",
-    "rollout.timeout_s", "rollout.max_retries", "rollout.sync_dir", "rollout.sync_every", "rollout.reload_path",
+    "rollout.timeout_s", "rollout.max_retries", "rollout.backoff_s", "rollout.max_backoff_s", "rollout.sync_dir", "rollout.sync_every", "rollout.reload_path",
     "rl.logprob_chunk", "rl.shared_prompt_forward", "rl.max_nonfinite_in_row", "logging.log_every",
     "logging.rollout_samples_every", "logging.rollout_samples", "logging.progress", "logging.jsonl",
     "pipeline.threads", "pipeline.eval_batch_size", "pipeline.eval_batch_tokens",
