@@ -28,7 +28,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from longrl.analysis.plots import join_phases, read_metrics, save_figure
+from longrl.config import ConfigError
 from longrl.data.readers import read_json_objects
+from longrl.data.records import RecordError
 from longrl.rewards.judge import CachedJudge, HFJudge, JudgeCache, OpenAIJudge, sanitize_answer
 
 BEHAVIOURS = ("grounding", "subgoal", "backtracking", "verification")
@@ -246,8 +249,6 @@ class HFBehaviourJudge(_BehaviourJudging, HFJudge):
 
 def make_behaviour_judge(cfg, max_response_chars: int = 8000) -> _BehaviourJudging:
     """The counting judge for a :class:`~longrl.config.JudgeConfig` (backend 'openai' or 'hf')."""
-    from longrl.config import ConfigError
-
     cls = {"openai": OpenAIBehaviourJudge, "hf": HFBehaviourJudge}.get(cfg.backend)
     if cls is None:
         raise ConfigError("reward.judge.backend", f"behaviour judging needs 'openai' or 'hf', got '{cfg.backend}'")
@@ -310,7 +311,6 @@ def plot_behaviours(per_step: list[dict[str, Any]], out_path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from longrl.analysis.plots import join_phases, save_figure
 
     rows, starts = join_phases(_by_phase(per_step))
     acc_rows, _ = join_phases(_by_phase(accuracy)) if accuracy else (rows, starts)
@@ -350,8 +350,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def count_rows(rows: list[dict[str, Any]], field: str = "response", judge=None, where: str = "") -> list[dict]:
     """``rows`` with ``counts`` added (rule counter, or ``judge.count_many``); a row without a string
     ``field`` raises a RecordError naming ``where`` and the row."""
-    from longrl.data.records import RecordError
-
     for i, r in enumerate(rows):
         if not isinstance(r.get(field), str):
             raise RecordError(where or "<rows>", i + 1, field, "missing or not a string")
@@ -372,8 +370,6 @@ def write_stage_report(stages: list[tuple[str, Path]], phases: list[tuple[str, P
     "<source>/<id>" of rollout samples -> document) lets grounding count citations. Writes ``behaviours.md`` and ``behaviours.json`` in
     ``out_dir`` and the plot (when any rollout sample exists); returns {'table', 'per_stage', 'plot'}.
     """
-    from longrl.analysis.plots import read_metrics
-
     docs = documents or {}
     held = [dict(r, stage=name, document=docs.get(f"{r.get('set')}/{r.get('id')}", ""))
             for name, path in stages for r in read_jsonl(Path(path))]

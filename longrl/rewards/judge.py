@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from longrl import http
-from longrl.config import ConfigError, JudgeConfig
+from longrl.config import ConfigError, JudgeConfig, ModelConfig
+from longrl.models import load_policy
 
 log = logging.getLogger(__name__)
 
@@ -446,9 +447,6 @@ class HFJudge(CachedJudge):
     def __init__(self, cfg: JudgeConfig, cache: JudgeCache | None = None, model=None, tokenizer=None):
         super().__init__(cfg, cache)
         if model is None:
-            from longrl.config import ModelConfig
-            from longrl.models import load_policy
-
             model, tokenizer = load_policy(ModelConfig(path=cfg.model, device=cfg.device), trainable=False)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.tokenizer.padding_side = "left"

@@ -12,6 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+from longrl.config import ConfigError, load_config
+from longrl.data.readers import read_json_objects
+from longrl.data.records import RecordError
+from longrl.rewards.hybrid import judge_against_golds
+from longrl.rewards.judge import make_judge
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="inp", required=True, help="JSONL of {question, prediction, gold}")
@@ -28,9 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_pairs(path: Path) -> list[dict]:
     """The rows of ``path`` with their golds as a list in ``_golds``; RecordError naming the file, the
     record (1-based, blank lines not counted) and the field of the first bad one."""
-    from longrl.data.readers import read_json_objects
-    from longrl.data.records import RecordError
-
     if not path.is_file():
         raise RecordError(str(path), 0, "<file>", "file not found")
     rows = []
@@ -48,8 +51,6 @@ def _read_pairs(path: Path) -> list[dict]:
 
 
 def _judge_config(args):
-    from longrl.config import ConfigError, load_config
-
     overrides = list(args.overrides)
     if args.model_path and (args.endpoint or args.model):
         raise ConfigError("--model-path", "use either --model-path or --endpoint/--model, not both")
@@ -69,9 +70,6 @@ def _judge_config(args):
 
 
 def run(args) -> int:
-    from longrl.rewards.hybrid import judge_against_golds
-    from longrl.rewards.judge import make_judge
-
     cfg = _judge_config(args)
     rows = _read_pairs(Path(args.inp))
     judge = make_judge(cfg)

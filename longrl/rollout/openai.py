@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from longrl import http
+from longrl.models import save_pretrained_dir
 from longrl.rollout.base import Completion, Generator
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,6 @@ class OpenAIGenerator(Generator):
             return
         if step % self.cfg.sync_every:
             return
-        from longrl.models import save_pretrained_dir
 
         path = save_pretrained_dir(getattr(model, "module", model), self.tokenizer, self.cfg.sync_dir)
         if self.cfg.reload_path:
