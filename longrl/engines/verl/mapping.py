@@ -96,6 +96,10 @@ def check_expressible(cfg: Config) -> None:
     if unknown:
         raise ConfigError("verl.accept", f"{sorted(unknown)} cannot be accepted; acceptable: {sorted(ACCEPTABLE)}")
     problems = [
+        ((a.advantage == "task_std" or aepo_on(cfg))
+         and any(o.lstrip("+").startswith("trainer.v1.trainer_mode=") for o in cfg.verl.extra_overrides),
+         "verl.extra_overrides", "task_std and AEPO run in longrl's trainer (trainer.v1.trainer_mode=longrl); "
+         "another trainer mode would drop them"),
         (aepo_on(cfg) and a.loss_agg != "token-mean", "algo.loss_agg",
          f"AEPO empties the dropped samples' masks, and verl divides {a.loss_agg} losses by the mini-batch's "
          "sequence count including those empty samples (longrl by the non-empty ones); use token-mean "
