@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from longrl.config import Config
-from longrl.engines.verl.mapping import PhaseJob, gen_batch_size, phase_overrides
+from longrl.engines.verl.mapping import PhaseJob, check_expressible, gen_batch_size, phase_overrides
 from longrl.pipeline import (
     CURRICULUM_END,
     STAGE_EVAL,
@@ -168,6 +168,7 @@ class VerlPipeline(Pipeline):
 
     def __init__(self, cfg: Config, run_command: RunCommand = subprocess_runner, dry_run: bool = False,
                  out: Callable[[str], None] = print, **kw):
+        check_expressible(cfg)  # before any stage runs or prints: the init / SFT stages take long
         super().__init__(cfg, **kw)
         self.run_command, self.dry_run, self.out = run_command, dry_run, out
         self.phases = phase_names(cfg)
