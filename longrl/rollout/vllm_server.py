@@ -105,7 +105,7 @@ class VLLMServerGenerator(Generator):
             self.root = endpoint.rstrip("/").removesuffix("/v1")
             self._wait_healthy(startup_timeout_s)
         else:
-            from longrl.rollout.vllm_engine import _dtype_name
+            from longrl.rollout.vllm_engine import _dtype_name  # lazy: only a server this process starts
 
             path = engine_model_dir(model, tokenizer, model_path, self.workdir)
             self.root = self._start(python or sys.executable, path, _dtype_name(dtype, model), enforce_eager,
