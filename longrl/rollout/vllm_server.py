@@ -38,7 +38,11 @@ import httpx
 from longrl import http
 from longrl.rollout.base import Completion, Generator
 from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
-from longrl.rollout.vllm_engine import EngineError, engine_model_dir
+from longrl.rollout.vllm_engine import (
+    EngineError,
+    _dtype_name,
+    engine_model_dir,
+)
 from longrl.rollout.vllm_sync import EXTENSION, merged_lora, policy_weights
 
 log = logging.getLogger(__name__)
@@ -105,8 +109,6 @@ class VLLMServerGenerator(Generator):
             self.root = endpoint.rstrip("/").removesuffix("/v1")
             self._wait_healthy(startup_timeout_s)
         else:
-            from longrl.rollout.vllm_engine import _dtype_name  # lazy: only a server this process starts
-
             path = engine_model_dir(model, tokenizer, model_path, self.workdir)
             self.root = self._start(python or sys.executable, path, _dtype_name(dtype, model), enforce_eager,
                                     max_model_len, kv_cache_gib, seed, server_args or [], startup_timeout_s)

@@ -60,6 +60,8 @@ from longrl.rewards.hybrid import HybridReward, RewardItem
 from longrl.rewards.judge import make_judge
 from longrl.rollout.hf import HFGenerator
 from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
+from longrl.rollout.vllm_engine import VLLMGenerator
+from longrl.rollout.vllm_server import VLLMServerGenerator
 from longrl.train.checkpoint import announce_resume, load_checkpoint, open_run, save_checkpoint
 from longrl.train.group_forward import group_logprobs
 from longrl.train.optim import (
@@ -632,11 +634,8 @@ def _build_vllm_generator(cfg, model, tokenizer):
     common = dict(model_path=cfg.model.path, dtype=r.vllm_dtype, enforce_eager=r.vllm_enforce_eager,
                   max_model_len=r.vllm_max_model_len, kv_cache_gib=r.vllm_kv_cache_gib, seed=cfg.seed)
     if r.backend == "vllm":
-        from longrl.rollout.vllm_engine import VLLMGenerator  # lazy: the vLLM backends need vllm (own venv)
-
         return VLLMGenerator(getattr(model, "module", model), tokenizer, **common,
                              gpu_memory_utilization=r.vllm_gpu_memory_utilization, sleep=r.vllm_sleep)
-    from longrl.rollout.vllm_server import VLLMServerGenerator  # lazy, as above
 
     return VLLMServerGenerator(getattr(model, "module", model), tokenizer, **common, endpoint=r.endpoint,
                                python=r.vllm_python, server_args=list(r.vllm_server_args),
