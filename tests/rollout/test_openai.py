@@ -20,7 +20,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from longrl.http import HttpPolicy
 from longrl.rollout.openai import GenerationError, OpenAIGenerator, OpenAIGeneratorConfig
-from tests._fault_server import FaultServer
 from tests.conftest import free_port
 
 SAMPLE = {"generation_config": json.dumps({"do_sample": True})}
@@ -146,19 +145,6 @@ def test_update_weights_reloads_the_server(openai_server, tiny_model_dir, tmp_pa
 
 
 # ------------------------------------------------------------------ faults, on a stdlib loopback server
-@pytest.fixture
-def fault_server():
-    servers = []
-
-    def start(script):
-        servers.append(FaultServer(script))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
-
-
 def _ok(n: int) -> str:
     return json.dumps({"choices": [{"index": i, "text": f"answer {i}", "finish_reason": "length",
                                     "token_ids": [10 + i, 11]} for i in range(n)]})
