@@ -97,8 +97,7 @@ def questions(n: int, doc_tokens: int, split: str, count) -> list[DocQASample]:
 def build_policy(z: Sizes, out: Path):
     """Tokenizer trained on the task's prompts and targets, random Qwen2, copy then recall pretraining (the
     ``longrl demo`` recipe's two tasks: an induction circuit, then fact lookup in short documents)."""
-    from longrl.models import build_tiny_model, build_tiny_tokenizer
-    from longrl.pipeline import adapt_tiny_tokenizer
+    from longrl.models import adapt_tiny_tokenizer, build_tiny_model, build_tiny_tokenizer
     from longrl.train.copy_pretrain import copy_pretrain
     from longrl.train.recall_pretrain import recall_pretrain
 

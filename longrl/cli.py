@@ -37,6 +37,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # lazy, like the command modules: `longrl --help` stays instant
     from longrl.config import ConfigError
     from longrl.data.records import RecordError
 

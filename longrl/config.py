@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from longrl import http
+
 COMMAND_LINE = "the command line"
 """Source of a value given as a ``key=value`` override: ConfigErrors say ``given on the command line (k=v)``."""
 
@@ -41,6 +43,27 @@ class ConfigError(ValueError):
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
+
+
+class _HttpFields:
+    """``http_policy()`` and checks for a section with the HTTP fields ``timeout_s``, ``max_retries``,
+    ``backoff_s`` and ``max_backoff_s`` (their defaults: :mod:`longrl.http`)."""
+
+    timeout_s: float
+    max_retries: int
+    backoff_s: float
+    max_backoff_s: float
+
+    def http_policy(self) -> http.HttpPolicy:
+        """The :class:`~longrl.http.HttpPolicy` these fields describe."""
+        return http.HttpPolicy(timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_s=self.backoff_s,
+                               max_backoff_s=self.max_backoff_s)
+
+    def _check_http(self) -> None:
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _require(self.backoff_s >= 0, "backoff_s", "must be >= 0")
+        _require(self.max_backoff_s >= 0, "max_backoff_s", "must be >= 0")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,7 +182,7 @@ class OverlongConfig:
 
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(_HttpFields):
     backend: Literal["none", "openai", "hf"] = "none"
     """'none' = rule reward only; 'openai' = any OpenAI-compatible endpoint; 'hf' = in-process model."""
     endpoint: str = "http://127.0.0.1:8000/v1"
@@ -176,12 +199,14 @@ class JudgeConfig:
     """Judge sampling temperature."""
     concurrency: int = 8
     """Requests in flight at once."""
-    timeout_s: float = 60.0
-    """Per-request timeout."""
-    max_retries: int = 3
-    """Retries on 429, 5xx, timeouts and connection errors."""
-    backoff_s: float = 0.5
-    """First retry delay; doubles each retry."""
+    timeout_s: float = http.JUDGE_TIMEOUT_S
+    """Per-attempt timeout, seconds (a verdict is a short answer)."""
+    max_retries: int = http.DEFAULT_MAX_RETRIES
+    """Retries on transport errors, timeouts, 408, 409, 429 and 5xx (longrl/http.py)."""
+    backoff_s: float = http.DEFAULT_BACKOFF_S
+    """First retry delay; doubles each retry (jittered)."""
+    max_backoff_s: float = http.DEFAULT_MAX_BACKOFF_S
+    """Cap on one retry delay."""
     breaker_failures: int = 5
     """Consecutive failed calls that open the circuit breaker."""
     breaker_cooldown_s: float = 30.0
@@ -192,15 +217,12 @@ class JudgeConfig:
     """Batch size for the in-process backend."""
     device: str = "auto"
     """Device for the in-process backend ('auto', 'cpu', 'cuda', ...)."""
-    max_backoff_s: float = 8.0
-    """Cap on one retry delay."""
     max_prediction_chars: int = 1000
     """Predictions (and golds) longer than this are truncated before they reach the judge."""
 
     def check(self) -> None:
         _require(self.concurrency > 0, "concurrency", "must be > 0")
-        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
-        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        self._check_http()
         _require(self.breaker_failures > 0, "breaker_failures", "must be > 0")
         _require(self.batch_size > 0, "batch_size", "must be > 0")
         _require(self.max_prediction_chars > 0, "max_prediction_chars", "must be > 0")
@@ -289,7 +311,7 @@ class AlgoConfig:
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(_HttpFields):
     backend: Literal["hf", "openai", "vllm", "vllm-server"] = "hf"
     """Generator backend: 'hf' (in-process transformers), 'openai' (any OpenAI-compatible server, weights
     reloaded from a saved checkpoint), 'vllm' (an in-process vLLM engine colocated with the trainer,
@@ -320,10 +342,14 @@ class RolloutConfig:
     {generation_config: '{"do_sample": true}'} to sample)."""
     max_concurrency: int = 8
     """'openai' backend: requests in flight."""
-    timeout_s: float = 600.0
-    """'openai' backend: per-request timeout."""
-    max_retries: int = 3
-    """'openai' backend: retries on 429, 5xx, timeouts and connection errors."""
+    timeout_s: float = http.GENERATION_TIMEOUT_S
+    """'openai'/'vllm-server' backends: per-attempt timeout, seconds."""
+    max_retries: int = http.DEFAULT_MAX_RETRIES
+    """'openai'/'vllm-server' backends: retries on transport errors, timeouts, 408, 409, 429 and 5xx."""
+    backoff_s: float = http.DEFAULT_BACKOFF_S
+    """'openai'/'vllm-server' backends: first retry delay; doubles each retry (jittered)."""
+    max_backoff_s: float = http.DEFAULT_MAX_BACKOFF_S
+    """'openai'/'vllm-server' backends: cap on one retry delay."""
     sync_dir: str = ""
     """'openai' backend: directory the policy is saved to for the server to reload; empty =
     <output_dir>/rollout_policy."""
@@ -365,6 +391,7 @@ class RolloutConfig:
         _require(self.vllm_startup_timeout_s > 0, "vllm_startup_timeout_s", "must be > 0")
         _require(self.sync_every >= 1, "sync_every", "must be >= 1")
         _require(self.max_concurrency >= 1, "max_concurrency", "must be >= 1")
+        self._check_http()
         _require(self.group_size >= 1, "group_size", "must be >= 1")
         _require(self.temperature >= 0, "temperature", "must be >= 0")
         _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
@@ -504,7 +531,7 @@ class DistillFilterConfig:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(_HttpFields):
     sources: list[SourceConfig] = field(default_factory=list)
     """Questions with gold answers to distil (any format `longrl prepare` reads); empty = data.sources."""
     out: str = ""
@@ -539,12 +566,14 @@ class DistillConfig:
     """Questions in flight at once ('openai'; the in-process teacher runs one at a time)."""
     requests_per_s: float = 0.0
     """Rate limit on teacher requests per second, across all workers (0 = unlimited)."""
-    timeout_s: float = 600.0
-    """Per-request timeout."""
-    max_retries: int = 3
-    """Retries per request on 408/409/429/5xx, timeouts and connection errors."""
-    backoff_s: float = 1.0
-    """First retry delay; doubles per retry."""
+    timeout_s: float = http.GENERATION_TIMEOUT_S
+    """'openai': per-attempt timeout, seconds."""
+    max_retries: int = http.DEFAULT_MAX_RETRIES
+    """'openai': retries per request on transport errors, timeouts, 408, 409, 429 and 5xx."""
+    backoff_s: float = http.DEFAULT_BACKOFF_S
+    """'openai': first retry delay; doubles each retry (jittered)."""
+    max_backoff_s: float = http.DEFAULT_MAX_BACKOFF_S
+    """'openai': cap on one retry delay."""
     max_consecutive_failures: int = 3
     """Stop with an error after this many questions in a row whose requests failed after all retries."""
     limit: int = 0
@@ -560,8 +589,7 @@ class DistillConfig:
         _require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
         _require(self.concurrency >= 1, "concurrency", "must be >= 1")
         _require(self.requests_per_s >= 0, "requests_per_s", "must be >= 0")
-        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
-        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        self._check_http()
         _require(self.max_consecutive_failures >= 1, "max_consecutive_failures", "must be >= 1")
         _require(self.limit >= 0, "limit", "must be >= 0")
 
@@ -631,7 +659,7 @@ class CurriculumConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_HttpFields):
     benchmarks: list[str] = field(default_factory=list)
     """Benchmark names (docmath, frames, 2wikimqa, hotpotqa, musique, narrativeqa, qasper)."""
     data_dir: str = ""
@@ -654,20 +682,22 @@ class EvalConfig:
     """YAML of reference scores to print beside ours."""
     limit: int = 0
     """Questions per benchmark (the first N; 0 = all)."""
-    timeout_s: float = 1800.0
-    """Per-request timeout for the endpoint backend."""
-    max_retries: int = 4
-    """Endpoint retries on 429, 5xx, timeouts and connection errors (then the sample is marked failed)."""
-    backoff_s: float = 1.0
-    """First retry delay; doubles each retry."""
+    timeout_s: float = http.EVAL_TIMEOUT_S
+    """Endpoint backend: per-attempt timeout, seconds (long documents, long answers)."""
+    max_retries: int = http.DEFAULT_MAX_RETRIES
+    """Endpoint backend: retries on transport errors, timeouts, 408, 409, 429 and 5xx (then the sample is
+    marked failed)."""
+    backoff_s: float = http.DEFAULT_BACKOFF_S
+    """Endpoint backend: first retry delay; doubles each retry (jittered)."""
+    max_backoff_s: float = http.DEFAULT_MAX_BACKOFF_S
+    """Endpoint backend: cap on one retry delay."""
     first_gold_only: bool = False
     """Score against the first gold answer only (QwenLong-L1's scripts) instead of the max over all (LongBench)."""
 
     def check(self) -> None:
         _require(self.k >= 1, "k", "must be >= 1")
         _require(self.limit >= 0, "limit", "must be >= 0")
-        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
-        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        self._check_http()
         _require(self.temperature > 0 or self.k == 1, "k", "must be 1 when temperature is 0 (greedy)")
         _require(self.max_input_tokens > 0, "max_input_tokens", "must be > 0")
 

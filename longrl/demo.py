@@ -29,6 +29,20 @@ from typing import Any
 import torch
 import yaml
 
+from longrl.analysis.behaviours import report_section
+from longrl.analysis.plots import plot_accuracy_by_stage, plot_dynamics, read_metrics
+from longrl.config import _merge, _parse_override, build_config, read_config_file
+from longrl.pipeline import (
+    Pipeline,
+    StageError,
+    behaviour_report,
+    markdown_table,
+    ordered_sets,
+    phase_names,
+    print_event,
+    stage_dir,
+)
+
 QUICK_OVERRIDES = [
     "pipeline.tiny.vocab_size=600", "pipeline.tiny.hidden_size=32", "pipeline.tiny.num_layers=2",
     "pipeline.tiny.corpus_samples=60", "pipeline.tiny.corpus_tokens=128", "pipeline.tiny.copy_pretrain.steps=20",
@@ -79,8 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_config(args: argparse.Namespace):
     """The resolved :class:`~longrl.config.Config` for these arguments."""
-    from longrl.config import _merge, _parse_override, build_config, read_config_file
-
     if args.config:
         source, data = args.config, read_config_file(args.config)
     elif args.model.endswith(".gguf"):
@@ -99,8 +111,6 @@ def demo_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from longrl.pipeline import Pipeline, StageError, print_event
-
     cfg = demo_config(args)
     if cfg.pipeline.threads:
         torch.set_num_threads(cfg.pipeline.threads)
@@ -126,8 +136,6 @@ def stage_table(manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, An
 
 def verdict(cfg, table: list[tuple[str, dict[str, Any]]]) -> str:
     """The demo's claims, checked against the table: RL over SFT, and the long phase on long documents."""
-    from longrl.pipeline import ordered_sets, phase_names
-
     evals = dict(table)
     phases = [p for p in phase_names(cfg) if p in evals]
     start = "sft" if "sft" in evals else "init"
@@ -147,8 +155,6 @@ def verdict(cfg, table: list[tuple[str, dict[str, Any]]]) -> str:
 
 def collect_rollout_samples(cfg, out: Path) -> int:
     """Concatenate every phase's rollout samples (with the phase name) into ``out``; returns the count."""
-    from longrl.pipeline import phase_names, stage_dir
-
     n = 0
     with out.open("w") as f:
         for name in phase_names(cfg):
@@ -164,9 +170,6 @@ def collect_rollout_samples(cfg, out: Path) -> int:
 def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: str,
                  quick: bool = False) -> dict[str, Any]:
     """Write ``<output_dir>/report`` and return {'dir', 'table', 'verdict'} (with :data:`QUICK_NOTE` when ``quick``)."""
-    from longrl.analysis.plots import plot_accuracy_by_stage, plot_dynamics, read_metrics
-    from longrl.pipeline import markdown_table, phase_names, stage_dir
-
     out = Path(cfg.output_dir) / "report"
     if out.exists():
         shutil.rmtree(out)
@@ -180,8 +183,6 @@ def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: s
         plot_accuracy_by_stage(table, out / "plots" / "heldout_accuracy.png")
     n_samples = collect_rollout_samples(cfg, out / "rollout_samples.jsonl")
     text = verdict(cfg, table) + (f"\n\n{QUICK_NOTE}" if quick else "")
-    from longrl.analysis.behaviours import report_section
-    from longrl.pipeline import behaviour_report
 
     behaviours = report_section(behaviour_report(cfg, out, out / "plots" / "behaviours.png"), "plots/behaviours.png")
     (out / "summary.md").write_text(summary_markdown(cfg, manifests, table_md, text, wall_s, command, n_samples)

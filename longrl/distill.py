@@ -45,8 +45,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longrl.config import Config, ConfigError, DistillConfig, DistillFilterConfig
+from longrl.analysis.behaviours import count_citations, document_ngrams
+from longrl.config import Config, ConfigError, DistillConfig, DistillFilterConfig, ModelConfig, load_config
+from longrl.data.prepare import parse_source_arg
+from longrl.data.prompt import chat_messages, chat_prompt_ids
+from longrl.data.readers import read_source
 from longrl.data.records import DocQASample, RecordError
+from longrl.data.tokens import load_tokenizer, qwen_tokenizer_dir
+from longrl.models import load_policy
+from longrl.rewards.hybrid import HybridReward, JudgeFailureError, RewardItem
+from longrl.rewards.judge import make_judge
+from longrl.rollout.hf import HFGenerator
+from longrl.rollout.openai import GenerationError, OpenAIGenerator, OpenAIGeneratorConfig
+from longrl.train.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -140,21 +151,17 @@ class OpenAITeacher:
     """k traces per question from an OpenAI-compatible chat endpoint (the server applies its chat template)."""
 
     def __init__(self, cfg: DistillConfig, tokenizer):
-        from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
-
         self.cfg = cfg
         self.where = cfg.endpoint
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self.generator = OpenAIGenerator(OpenAIGeneratorConfig(
             base_url=cfg.endpoint, model=cfg.teacher_model, api_key=key or "EMPTY", mode="chat",
-            split_n=cfg.split_n, max_concurrency=cfg.k if cfg.split_n else 1, timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, extra_body=dict(cfg.extra_body)), tokenizer)
+            split_n=cfg.split_n, max_concurrency=cfg.k if cfg.split_n else 1, http=cfg.http_policy(),
+            extra_body=dict(cfg.extra_body)), tokenizer)
         self.requests_per_question = cfg.k if cfg.split_n else 1
 
     def sample(self, sample: DocQASample) -> list[tuple[str, str]]:
         """(text, finish_reason) of ``k`` traces."""
-        from longrl.data.prompt import chat_messages
-
         c = self.cfg
         group = self.generator.generate_chat([chat_messages(sample)], c.k, c.max_new_tokens, c.temperature, c.top_p)[0]
         return [(comp.text, comp.finish_reason) for comp in group]
@@ -169,16 +176,12 @@ class HFTeacher:
     requests_per_question = 1
 
     def __init__(self, cfg: DistillConfig, model, tokenizer):
-        from longrl.rollout.hf import HFGenerator
-
         self.cfg, self.tokenizer = cfg, tokenizer
         self.where = cfg.teacher_model
         self.generator = HFGenerator(model, tokenizer)
         self._drop = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
 
     def sample(self, sample: DocQASample) -> list[tuple[str, str]]:
-        from longrl.data.prompt import chat_prompt_ids
-
         c = self.cfg
         group = self.generator.generate([chat_prompt_ids(self.tokenizer, sample)], c.k, c.max_new_tokens,
                                         c.temperature, c.top_p)[0]
@@ -191,15 +194,10 @@ class HFTeacher:
 
 def make_teacher(cfg: DistillConfig):
     """(teacher, tokenizer that measures response lengths) for the config."""
-    from longrl.data.tokens import load_tokenizer, qwen_tokenizer_dir
-
     if not cfg.teacher_model:
         raise ConfigError("distill.teacher_model", "is required: the endpoint's model name, or a model path "
                           "for backend 'hf'")
     if cfg.backend == "hf":
-        from longrl.config import ModelConfig
-        from longrl.models import load_policy
-
         model, tokenizer = load_policy(ModelConfig(path=cfg.teacher_model, tokenizer=cfg.tokenizer), trainable=False)
         return HFTeacher(cfg, model, tokenizer), tokenizer
     if not cfg.endpoint:
@@ -215,8 +213,6 @@ def make_teacher(cfg: DistillConfig):
 
 def score_traces(hybrid, tokenizer, sample: DocQASample, traces: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Ledger entries of one question's traces: text, length, finish reason and the hybrid reward."""
-    from longrl.rewards.hybrid import RewardItem
-
     items = [RewardItem(sample.task, sample.question, text, list(sample.answers), sample.document)
              for text, _ in traces]
     results = hybrid.score_batch(items)
@@ -234,8 +230,6 @@ def select_traces(sample: DocQASample, traces: list[dict[str, Any]],
                   f: DistillFilterConfig) -> tuple[list[tuple[int, dict[str, Any], int]], Counter]:
     """The correct traces that pass the filters, as (trace index, trace, citations), and a Counter of
     why the other correct ones were dropped (:data:`FILTER_REASONS`)."""
-    from longrl.analysis.behaviours import count_citations, document_ngrams
-
     kept: list[tuple[int, dict[str, Any], int]] = []
     dropped: Counter = Counter()
     seen: set[str] = set()
@@ -355,8 +349,6 @@ def summary_markdown(stats: dict[str, SourceStats], cfg: DistillConfig, reward_m
 
 def load_samples(cfg: Config) -> list[DocQASample]:
     """The questions: ``distill.sources`` (or ``data.sources``), cut to ``distill.limit``."""
-    from longrl.data.readers import read_source
-
     sources = cfg.distill.sources or cfg.data.sources
     if not sources:
         raise ConfigError("distill.sources", "no questions: set distill.sources (or data.sources), or pass --source")
@@ -406,8 +398,6 @@ class _Run:
 
     def record(self, sample: DocQASample, fut: Future) -> None:
         """Score and append a finished question, or count its failure (raises past the failure limit)."""
-        from longrl.rollout.openai import GenerationError
-
         key = question_key(sample)
         try:
             traces = fut.result()
@@ -464,10 +454,6 @@ class _Run:
 
 def run_distill(cfg: Config, progress: bool = True) -> DistillResult:
     """Distil ``cfg.distill`` into its output directory (resuming from the ledger there)."""
-    from longrl.rewards.hybrid import HybridReward, JudgeFailureError
-    from longrl.rewards.judge import make_judge
-    from longrl.train.telemetry import Telemetry
-
     dc = cfg.distill
     samples = load_samples(cfg)
     out = output_dir(cfg)
@@ -535,9 +521,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    from longrl.config import load_config
-    from longrl.data.prepare import parse_source_arg
-
     overrides = list(args.overrides)
     flags = {"endpoint": args.endpoint, "teacher_model": args.teacher_model, "backend": args.backend,
              "out": args.out, "k": args.k}

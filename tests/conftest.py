@@ -173,3 +173,20 @@ def openai_server(tmp_path_factory):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+@pytest.fixture
+def fault_server():
+    """Factory: ``fault_server(script)`` starts a scripted loopback server (:class:`tests._fault_server.FaultServer`:
+    (status, body, delay) per request); every server started is closed at teardown."""
+    from tests._fault_server import FaultServer
+
+    servers = []
+
+    def start(script):
+        servers.append(FaultServer(script))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

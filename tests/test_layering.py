@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "longrl"
 
 LAYERS = [
-    {"config", "recipes", "locations"},
+    {"config", "recipes", "locations", "http"},
     {"models", "algo"},
     {"data"},
     {"rewards", "curriculum"},
@@ -96,3 +96,18 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     graph = import_graph()
     assert graph == {"data": {"train"}, "train": {"data"}}
+
+
+def long_classes(path: Path, limit: int) -> list[str]:
+    """``Class (n lines)`` for every class in the file ``path`` longer than ``limit`` lines."""
+    return [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.ClassDef) and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_pipeline_classes_stay_short(tmp_path):
+    """The pipeline is split by concern (bookkeeping, training stages, evaluation): no class over 150 lines."""
+    assert {str(p.name): long_classes(p, 150) for p in (PACKAGE / "pipeline").glob("*.py")
+            if long_classes(p, 150)} == {}
+    big = tmp_path / "big.py"
+    big.write_text("class Big:\n" + "    x = 1\n" * 160)
+    assert long_classes(big, 150) == ["Big (161 lines)"]

@@ -186,13 +186,31 @@ def test_tiny_tokenizer_keeps_its_normalizer_and_think_tokens(tmp_path):
     """A from-scratch policy's tokenizer, reloaded as the pipeline loads it: a paragraph-initial name is the
     same token as the name elsewhere (the normalizer survives saving; AutoTokenizer would drop it),
     the prompt template is made of words, and </think> survives decoding without special tokens."""
+    from longrl.data.synth import generate
     from longrl.models import load_tokenizer
     from longrl.pipeline import build_policy_from_scratch
+    from longrl.train.sft import init_tiny_model
 
     cfg = quick_cfg(tmp_path / "run")
     tok = load_tokenizer(str(build_policy_from_scratch(cfg, tmp_path / "init")))
     name = tok.tokenize(" Kalor")
     assert tok.tokenize("Kalor.\n\nKalor")[-len(name):] == name
+    # `longrl sft --init-tiny` builds its policy the same way (one builder): the same normalizer
+    init_tiny_model(str(tmp_path / "sft_init"), generate(8, 64, 0, ["lookup"], "sft"), hidden=32, layers=1)
+    sft_tok = load_tokenizer(str(tmp_path / "sft_init"))
+    name = sft_tok.tokenize(" Kalor")
+    assert sft_tok.tokenize("Kalor.\n\nKalor")[-len(name):] == name
     assert len(tok.tokenize(" Please read the following text")) <= 8
     ids = tok.encode("<think>\nKalor\n</think>\n\nTherefore, the answer is Kalor.")
     assert "</think>" in tok.decode(ids, skip_special_tokens=True)
+
+
+def test_stage_model_loads_print_no_progress_bar(tiny_model_dir, tmp_path, capfd):
+    """The demo's console shows longrl's progress, not transformers' "Loading weights" bar per stage."""
+    from transformers.utils import logging as hf_logging
+
+    cfg = quick_cfg(tmp_path / "run")
+    assert hf_logging.is_progress_bar_enabled()
+    Pipeline(cfg, progress=False).load_model(str(tiny_model_dir), trainable=False)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()          # switched off only around the load

@@ -9,8 +9,8 @@ builds long-context reasoning. Two counters give ``{behaviour: count}`` per resp
   Grounding also counts verbatim citations of the document when the document is known
   (:func:`count_citations`: maximal runs of ``ngram`` consecutive words copied from it).
 - :class:`OpenAIBehaviourJudge` / :class:`HFBehaviourJudge`: an LLM asked to count the same four
-  behaviours through the judge client of :mod:`longrl.rewards.judge` (concurrency, timeouts, retries,
-  circuit breaker), with its own prompt, a strict parser (one JSON object with exactly the four
+  behaviours through the judge client of :mod:`longrl.rewards.judge` (its HTTP policy, circuit breaker
+  and cached batch path), with its own prompt, a strict parser (one JSON object with exactly the four
   integer keys, else no verdict), and a SQLite cache. A failed or unparsable answer is ``None`` (no
   verdict): counted in ``judge/failures`` and left out of the aggregates, never read as zeros.
 
@@ -28,7 +28,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from longrl.analysis.plots import join_phases, read_metrics, save_figure
+from longrl.config import ConfigError
 from longrl.data.readers import read_json_objects
+from longrl.data.records import RecordError
 from longrl.rewards.judge import CachedJudge, HFJudge, JudgeCache, OpenAIJudge, sanitize_answer
 
 BEHAVIOURS = ("grounding", "subgoal", "backtracking", "verification")
@@ -206,11 +209,16 @@ class BehaviourCache(JudgeCache):
 
 
 class _BehaviourJudging(CachedJudge):
-    """Counting instead of verdicts on a judge backend: its transport, another prompt and parser."""
+    """Counting instead of verdicts on a judge backend: its transport and cached batch path
+    (:meth:`~longrl.rewards.judge.CachedJudge.answer_many`), another prompt, parser and cache table."""
 
     TEMPLATE_VERSION = "behaviours@" + hashlib.sha256((BEHAVIOUR_SYSTEM + BEHAVIOUR_USER).encode()).hexdigest()[:12]
     """Part of the cache key: editing the prompt invalidates cached counts."""
     max_response_chars = 8000
+    cache: BehaviourCache
+
+    def __init__(self, cfg, cache: BehaviourCache | None = None, **backend_kwargs):
+        super().__init__(cfg, cache if cache is not None else BehaviourCache(cfg.cache_path), **backend_kwargs)
 
     def _parse(self, text: object) -> Counts | None:
         counts = parse_counts(text)
@@ -225,26 +233,10 @@ class _BehaviourJudging(CachedJudge):
 
     def count_many(self, responses: Sequence[str]) -> list[Counts | None]:
         """Counts per response (None = no verdict); cached answers are not asked again."""
-        cache = self.cache if isinstance(self.cache, BehaviourCache) else None
         keys = [JudgeCache.key(self.cfg.model, self.TEMPLATE_VERSION, "behaviours",
                                sanitize_answer(reasoning_part(r), self.max_response_chars), "") for r in responses]
-        known: dict[str, Counts | None] = dict(cache.get_counts(keys)) if cache is not None else {}
-        self.stats.requests += len(responses)
-        todo: dict[str, str] = {}
-        for key, resp in zip(keys, responses):
-            if key in known or key in todo:
-                self.stats.cache_hits += key in known
-                continue
-            todo[key] = resp
-        if todo:
-            fresh = dict(zip(todo, self._judge_messages([self.messages(r) for r in todo.values()])))
-            if cache is not None:
-                cache.put_counts({k: v for k, v in fresh.items() if v is not None}, self.cfg.model,
-                                 self.TEMPLATE_VERSION)
-            known.update(fresh)
-        out = [known[k] for k in keys]
-        self.stats.failures += sum(c is None for c in out)
-        return out
+        return self.answer_many(keys, responses, messages=self.messages, lookup=self.cache.get_counts,
+                                store=lambda fresh: self.cache.put_counts(fresh, self.cfg.model, self.TEMPLATE_VERSION))
 
 
 class OpenAIBehaviourJudge(_BehaviourJudging, OpenAIJudge):
@@ -257,12 +249,10 @@ class HFBehaviourJudge(_BehaviourJudging, HFJudge):
 
 def make_behaviour_judge(cfg, max_response_chars: int = 8000) -> _BehaviourJudging:
     """The counting judge for a :class:`~longrl.config.JudgeConfig` (backend 'openai' or 'hf')."""
-    from longrl.config import ConfigError
-
     cls = {"openai": OpenAIBehaviourJudge, "hf": HFBehaviourJudge}.get(cfg.backend)
     if cls is None:
         raise ConfigError("reward.judge.backend", f"behaviour judging needs 'openai' or 'hf', got '{cfg.backend}'")
-    judge = cls(cfg, BehaviourCache(cfg.cache_path))
+    judge = cls(cfg)
     judge.max_response_chars = max_response_chars
     return judge
 
@@ -321,7 +311,6 @@ def plot_behaviours(per_step: list[dict[str, Any]], out_path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from longrl.analysis.plots import join_phases, save_figure
 
     rows, starts = join_phases(_by_phase(per_step))
     acc_rows, _ = join_phases(_by_phase(accuracy)) if accuracy else (rows, starts)
@@ -361,8 +350,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def count_rows(rows: list[dict[str, Any]], field: str = "response", judge=None, where: str = "") -> list[dict]:
     """``rows`` with ``counts`` added (rule counter, or ``judge.count_many``); a row without a string
     ``field`` raises a RecordError naming ``where`` and the row."""
-    from longrl.data.records import RecordError
-
     for i, r in enumerate(rows):
         if not isinstance(r.get(field), str):
             raise RecordError(where or "<rows>", i + 1, field, "missing or not a string")
@@ -383,8 +370,6 @@ def write_stage_report(stages: list[tuple[str, Path]], phases: list[tuple[str, P
     "<source>/<id>" of rollout samples -> document) lets grounding count citations. Writes ``behaviours.md`` and ``behaviours.json`` in
     ``out_dir`` and the plot (when any rollout sample exists); returns {'table', 'per_stage', 'plot'}.
     """
-    from longrl.analysis.plots import read_metrics
-
     docs = documents or {}
     held = [dict(r, stage=name, document=docs.get(f"{r.get('set')}/{r.get('id')}", ""))
             for name, path in stages for r in read_jsonl(Path(path))]

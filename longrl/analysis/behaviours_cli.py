@@ -18,6 +18,17 @@ import json
 import sys
 from pathlib import Path
 
+from longrl.analysis.behaviours import (
+    aggregate,
+    count_rows,
+    make_behaviour_judge,
+    markdown_table,
+    plot_behaviours,
+    read_jsonl,
+)
+from longrl.data.records import RecordError
+from longrl.rewards.judge_cli import _judge_config
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="inputs", action="append", required=True, metavar="PATH[:LABEL]",
@@ -43,9 +54,6 @@ def split_input(text: str) -> tuple[Path, str]:
 
 
 def read_inputs(inputs: list[str]) -> list[dict]:
-    from longrl.analysis.behaviours import read_jsonl
-    from longrl.data.records import RecordError
-
     rows = []
     for text in inputs:
         path, label = split_input(text)
@@ -59,15 +67,11 @@ def read_inputs(inputs: list[str]) -> list[dict]:
 def _judge(args):
     if not (args.endpoint or args.model or args.model_path or args.config):
         return None
-    from longrl.analysis.behaviours import make_behaviour_judge
-    from longrl.rewards.judge_cli import _judge_config
 
     return make_behaviour_judge(_judge_config(args), args.max_response_chars)
 
 
 def run(args: argparse.Namespace) -> int:
-    from longrl.analysis.behaviours import aggregate, count_rows, markdown_table, plot_behaviours
-
     rows = read_inputs(args.inputs)
     judge = _judge(args)
     counted = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longrl.config import ConfigError, CurriculumConfig, SourceConfig
+from longrl.config import Config, ConfigError, CurriculumConfig, SourceConfig
 from longrl.curriculum.phases import PhaseSampler, phase_bounds, samples_for_phase
 from longrl.curriculum.retro import MixedSampler, RetrospectivePool
 from longrl.data.records import DocQASample
@@ -20,7 +20,7 @@ from longrl.data.records import DocQASample
 
 @dataclass
 class PhaseSpec:
-    """What the sampler needs of one phase (the step budget stays with the trainer)."""
+    """One phase, resolved once (:func:`resolve_phases`): what the sampler draws and what the trainer runs."""
 
     max_input_tokens: int
     """L_k: the phase draws fresh samples with n_tokens in (L_{k-1}, L_k]."""
@@ -32,6 +32,11 @@ class PhaseSpec:
     """Used in error messages and logs."""
     samples: list[DocQASample] | None = None
     """The phase's own samples (read from ``curriculum.phases[k].sources``); None = the shared samples."""
+    steps: int = 0
+    """Optimizer steps of the phase (``curriculum.phases[k].steps``, else ``rl.steps``)."""
+    temperature: float = -1.0
+    """Rollout temperature of the phase (``curriculum.phases[k].temperature``, else ``rollout.temperature``;
+    negative = the run's ``rollout.temperature``)."""
 
 
 def source_name(src: SourceConfig) -> str:
@@ -58,8 +63,10 @@ def source_weights(sources: Sequence[SourceConfig], samples: Sequence[DocQASampl
 
 def resolve_phases(cfg: CurriculumConfig, data_sources: Sequence[SourceConfig], samples: Sequence[DocQASample],
                    default_output_tokens: int = 0,
-                   phase_samples: Mapping[int, Sequence[DocQASample]] | None = None) -> list[PhaseSpec]:
-    """THE resolution of every phase setting: length range, output budget, samples and source weights.
+                   phase_samples: Mapping[int, Sequence[DocQASample]] | None = None, *, default_steps: int = 0,
+                   default_temperature: float = -1.0) -> list[PhaseSpec]:
+    """THE resolution of every phase setting: length range, output budget, steps, temperature, samples and
+    source weights (``default_*``: ``rollout.max_new_tokens``, ``rl.steps``, ``rollout.temperature``).
 
     A phase without ``sources`` draws from ``samples`` (read from ``data.sources``) with the weights of
     ``data.sources``; a phase with ``sources`` draws from ``phase_samples[k]`` (those files, read and
@@ -70,7 +77,8 @@ def resolve_phases(cfg: CurriculumConfig, data_sources: Sequence[SourceConfig], 
     default_weights = source_weights(data_sources, samples, "data.sources")
     if not cfg.phases:
         longest = max((s.n_tokens for s in samples), default=1)
-        return [PhaseSpec(max(1, longest), default_output_tokens, default_weights, "all")]
+        return [PhaseSpec(max(1, longest), default_output_tokens, default_weights, "all", None, default_steps,
+                          default_temperature)]
     specs = []
     for k, ph in enumerate(cfg.phases):
         own, weights = None, default_weights
@@ -81,7 +89,8 @@ def resolve_phases(cfg: CurriculumConfig, data_sources: Sequence[SourceConfig], 
             own = list(phase_samples[k])
             weights = source_weights(ph.sources, own, f"curriculum.phases[{k}].sources")
         specs.append(PhaseSpec(ph.max_input_tokens, ph.max_output_tokens or default_output_tokens, weights,
-                               ph.name or f"phase{k + 1}", own))
+                               ph.name or f"phase{k + 1}", own, ph.steps or default_steps,
+                               default_temperature if ph.temperature < 0 else ph.temperature))
     return specs
 
 
@@ -106,11 +115,27 @@ class CurriculumSampler:
     @classmethod
     def from_config(cls, samples: Sequence[DocQASample], cfg: CurriculumConfig, batch_size: int, seed: int,
                     default_output_tokens: int = 0, data_sources: Sequence[SourceConfig] = (),
-                    phase_samples: Mapping[int, Sequence[DocQASample]] | None = None) -> CurriculumSampler:
+                    phase_samples: Mapping[int, Sequence[DocQASample]] | None = None, *, default_steps: int = 0,
+                    default_temperature: float = -1.0) -> CurriculumSampler:
         """The sampler for ``cfg``'s phases as :func:`resolve_phases` resolves them."""
         r = cfg.retrospective
-        specs = resolve_phases(cfg, data_sources, samples, default_output_tokens, phase_samples)
+        specs = resolve_phases(cfg, data_sources, samples, default_output_tokens, phase_samples,
+                               default_steps=default_steps, default_temperature=default_temperature)
         return cls(samples, specs, batch_size, seed, cfg.task_balanced, r.enabled, r.fraction, r.hard_threshold, r.cap)
+
+    @classmethod
+    def for_run(cls, samples: Sequence[DocQASample], cfg: Config,
+                phase_samples: Mapping[int, Sequence[DocQASample]] | None = None) -> CurriculumSampler:
+        """The sampler of a run's whole :class:`~longrl.config.Config`: ``curriculum`` resolved with the
+        defaults of ``rollout``/``rl``/``data.sources``, ``rl.prompts_per_step`` samples a batch, ``seed``."""
+        return cls.from_config(samples, cfg.curriculum, cfg.rl.prompts_per_step, cfg.seed, cfg.rollout.max_new_tokens,
+                               cfg.data.sources, phase_samples, default_steps=cfg.rl.steps,
+                               default_temperature=cfg.rollout.temperature)
+
+    @property
+    def spec(self) -> PhaseSpec:
+        """The current phase's resolved settings (what the trainer runs it with)."""
+        return self.phases[self.phase]
 
     def _build(self, k: int) -> MixedSampler:
         lo, hi = self.bounds[k]

@@ -19,9 +19,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longrl.config import ConfigError, SourceConfig
-from longrl.data.readers import _FORMAT_ALIASES, FORMATS
+from longrl.config import ConfigError, SourceConfig, load_config
+from longrl.data.readers import (
+    _FORMAT_ALIASES,
+    FORMATS,
+    SkipLog,
+    read_source,
+    write_jsonl,
+    write_verl_parquet,
+)
 from longrl.data.records import DocQASample
+from longrl.data.tokens import bucket_by_length, count_prompt_tokens, load_tokenizer, tokenizer_identity
+from longrl.locations import check_location
 
 DEFAULT_BOUNDS = [20000, 60000]
 """Phase lengths of the paper's two-phase recipe (20K -> 60K input tokens)."""
@@ -81,8 +90,6 @@ def resolve_settings(args: argparse.Namespace) -> PrepareSettings:
     settings = PrepareSettings(sources=[])
     cfg = None
     if args.config:
-        from longrl.config import load_config
-
         cfg = load_config(args.config)
         settings.sources = list(cfg.data.sources)
         settings.on_error, settings.workers = cfg.data.on_error, cfg.data.token_count_workers
@@ -104,8 +111,6 @@ def resolve_settings(args: argparse.Namespace) -> PrepareSettings:
 
 def _check_tokenizer(args: argparse.Namespace, cfg, tokenizer: str) -> None:
     """The tokenizer location exists (or may be a hub id), named as the user gave it."""
-    from longrl.locations import check_location
-
     if args.tokenizer is not None:
         check_location(tokenizer, "--tokenizer", "tokenizer")
     elif cfg is not None:
@@ -123,7 +128,6 @@ def histogram_table(samples: list[DocQASample], bounds: list[int]):
     (bar length = the bucket's share of the source's samples)."""
     from rich.table import Table
 
-    from longrl.data.tokens import bucket_by_length
 
     table = Table(title="prompt tokens per source")
     table.add_column("source", no_wrap=True)
@@ -144,8 +148,6 @@ def histogram_table(samples: list[DocQASample], bounds: list[int]):
 
 
 def _write_samples(samples: list[DocQASample], path: Path, out_format: str) -> None:
-    from longrl.data.readers import write_jsonl, write_verl_parquet
-
     if out_format == "parquet":
         write_verl_parquet(samples, path)
     else:
@@ -155,8 +157,6 @@ def _write_samples(samples: list[DocQASample], path: Path, out_format: str) -> N
 def write_outputs(buckets: list[list[DocQASample]], settings: PrepareSettings, skip_rows: list[dict],
                   tokenizer_id: str) -> dict:
     """Write the phase files, over-long file, verl export, skips and manifest; return the manifest."""
-    from longrl.data.readers import write_verl_parquet
-
     out = Path(settings.out)
     ext = "parquet" if settings.out_format == "parquet" else "jsonl"
     edges = [0, *settings.bounds]
@@ -199,8 +199,6 @@ def _print_report(console, skips, overlong: list[DocQASample], settings: Prepare
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from longrl.data.readers import SkipLog, read_source
-    from longrl.data.tokens import bucket_by_length, count_prompt_tokens, load_tokenizer, tokenizer_identity
 
     settings = resolve_settings(args)
     console = Console()

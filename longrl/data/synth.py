@@ -30,7 +30,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from longrl.config import ConfigError
 from longrl.data.records import DocQASample
+from longrl.data.tokens import load_tokenizer, token_counter
+from longrl.locations import check_location
 
 FAMILIES = ("lookup", "multihop", "numeric", "mcq")
 FIRST_SYLLABLES = ("Ka", "Lo", "Mi", "Ta", "Ro", "Se", "Du", "Ne", "Vi", "Po", "Ha", "Ze", "Bo", "Fi", "Gu", "Ri")
@@ -309,9 +312,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> list[str]:
     """Validate the CLI arguments (ConfigError naming the flag); returns the question families."""
-    from longrl.config import ConfigError
-    from longrl.locations import check_location
-
     if args.n < 1:
         raise ConfigError("--n", f"must be >= 1, got {args.n}")
     for t in args.tokens:
@@ -334,8 +334,6 @@ def run(args: argparse.Namespace) -> int:
     families = check_arguments(args)
     count = None
     if args.tokenizer:
-        from longrl.data.tokens import load_tokenizer, token_counter
-
         count = token_counter(load_tokenizer(args.tokenizer))
 
     out = Path(args.out)

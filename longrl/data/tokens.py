@@ -18,6 +18,7 @@ from typing import Any
 
 from longrl.data.prompt import chat_prompt_text
 from longrl.data.records import DocQASample
+from longrl.models import load_tokenizer as load
 
 _worker_tokenizer: Any = None
 """The tokenizers.Tokenizer of a counting worker process (set by _init_worker)."""
@@ -40,8 +41,6 @@ def qwen_tokenizer_dir() -> str:
 def load_tokenizer(path_or_dir: str = "") -> Any:
     """A Hugging Face tokenizer from a directory or hub id (:func:`longrl.models.load_tokenizer`, which
     keeps a saved custom normalizer); empty = the Qwen tokenizer files."""
-    from longrl.models import load_tokenizer as load
-
     return load(path_or_dir or qwen_tokenizer_dir())
 
 

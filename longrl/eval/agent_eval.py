@@ -23,9 +23,22 @@ from longrl.data.records import DocQASample
 from longrl.eval.harness import CACHE_FILE, Generation, GenerationCache, Job, check_cache_meta
 
 
-def agent_meta(cfg: AgentConfig) -> dict[str, Any]:
-    """The agent settings stored in ``generations.meta.json`` (a run with other settings needs another --out)."""
-    return {"kind": "memory", **dataclasses.asdict(cfg)}
+class AgentGeneration:
+    """:func:`generate_with_agent` in the shape of ``harness.generate_all`` (``evaluate_benchmarks(generate=...)``):
+    the harness's backend is not used; ``meta`` (the agent settings) is stored with the cache's settings, so
+    a run with other settings needs another ``--out``. ``close()`` releases the generator."""
+
+    def __init__(self, agent_cfg: AgentConfig, generator, *, seed: int = 0, parallel: int = 1):
+        self.agent_cfg, self.generator, self.seed, self.parallel = agent_cfg, generator, seed, parallel
+        self.meta = {"kind": "memory", **dataclasses.asdict(agent_cfg)}
+
+    def __call__(self, samples, cfg: EvalConfig, backend, tokenizer, out_dir: Path, meta: dict[str, Any],
+                 progress: Callable[[int, int], None] | None = None) -> tuple[GenerationCache, dict[str, int]]:
+        return generate_with_agent(samples, cfg, self.agent_cfg, self.generator, tokenizer, out_dir, meta,
+                                   seed=self.seed, parallel=self.parallel, progress=progress)
+
+    def close(self) -> None:
+        self.generator.close()
 
 
 def question_seed(seed: int, benchmark: str, sample_id: str) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from longrl.data.readers import read_source
 from longrl.data.records import DocQASample
 from longrl.eval import metrics as M
 
@@ -23,6 +24,8 @@ class Scored:
     """Every metric of the benchmark, each in [0, 1]."""
     rule: float
     """The rule metric that enters max(rule, judge): sub_em or acc."""
+    reason: str = ""
+    """Why the rule scorer gave what it gave, where the scorer says (the held-out sets' rule reward)."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,10 @@ class Benchmark:
     judge_final_text: bool = False
     """Without an extracted answer, judge the final text instead (QwenLong-L1's docmath_verify.py)."""
 
-    def score(self, response: str, answers: list[str], *, first_gold_only: bool = False) -> Scored:
-        """Extract the answer from a full response and compute every metric."""
+    def score(self, response: str, answers: list[str], *, first_gold_only: bool = False,
+              sample: DocQASample | None = None) -> Scored:
+        """Extract the answer from a full response and compute every metric (``sample``: the scored sample,
+        for adapters that need more of it than its answers)."""
         pred = self.extract(response)
         values = self.metric_fn(pred, answers, first_gold_only)
         return Scored(pred=pred, metrics=values, rule=values[self.rule_metric])
@@ -64,8 +69,6 @@ class Benchmark:
 
     def load(self, data_dir: str | Path, limit: int = 0) -> list[DocQASample]:
         """Read the benchmark's samples (the first ``limit`` when > 0), tagged with its name as source."""
-        from longrl.data.readers import read_source
-
         samples = read_source(self.find_data(data_dir), format=self.format, name=self.name)
         return samples[:limit] if limit > 0 else samples
 

@@ -109,7 +109,8 @@ def _backend(args, cfg):
             raise ConfigError("--model", "--endpoint needs --model (the name the server knows the model by)")
         backend = EndpointBackend(args.endpoint, args.model, api_key=os.environ.get(args.api_key_env, ""),
                                   concurrency=cfg.eval.concurrency, timeout_s=cfg.eval.timeout_s,
-                                  max_retries=cfg.eval.max_retries, backoff_s=cfg.eval.backoff_s)
+                                  max_retries=cfg.eval.max_retries, backoff_s=cfg.eval.backoff_s,
+                                  max_backoff_s=cfg.eval.max_backoff_s)
         return backend, _tokenizer(args, cfg), args.model
     path = args.model_path or cfg.model.path
     if not path:
@@ -126,52 +127,38 @@ def _progress(done: int, total: int) -> None:
         print(f"eval: {done}/{total} generations", file=sys.stderr, flush=True)
 
 
-def _generate_with_agent(args, cfg, samples, backend, tokenizer, out, meta):
+def _agent_generation(args, cfg, backend, tokenizer):
     """The memory agent over the in-process model, or over the endpoint's /completions."""
-    from longrl.eval.agent_eval import agent_meta, generate_with_agent
+    from longrl.eval.agent_eval import AgentGeneration
 
-    e = cfg.eval
-    meta["agent"] = agent_meta(cfg.agent)
-    if args.endpoint:
-        from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
+    e, r = cfg.eval, cfg.rollout
+    if not args.endpoint:
+        return AgentGeneration(cfg.agent, backend.generator, seed=cfg.seed)
+    from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
 
-        r = cfg.rollout
-        generator = OpenAIGenerator(OpenAIGeneratorConfig(
-            base_url=args.endpoint, model=args.model, api_key=os.environ.get(args.api_key_env, "") or "EMPTY",
-            prompt_format=r.prompt_format, split_n=r.split_n, extra_body=dict(r.extra_body),
-            max_concurrency=e.concurrency, timeout_s=e.timeout_s, max_retries=e.max_retries,
-            backoff_s=e.backoff_s), tokenizer)
-        try:
-            return generate_with_agent(samples, e, cfg.agent, generator, tokenizer, out, meta, seed=cfg.seed,
-                                       parallel=e.concurrency, progress=_progress)
-        finally:
-            generator.close()
-    return generate_with_agent(samples, e, cfg.agent, backend.generator, tokenizer, out, meta, seed=cfg.seed,
-                               progress=_progress)
+    generator = OpenAIGenerator(OpenAIGeneratorConfig(
+        base_url=args.endpoint, model=args.model, api_key=os.environ.get(args.api_key_env, "") or "EMPTY",
+        prompt_format=r.prompt_format, split_n=r.split_n, extra_body=dict(r.extra_body),
+        max_concurrency=e.concurrency, http=e.http_policy()), tokenizer)
+    return AgentGeneration(cfg.agent, generator, seed=cfg.seed, parallel=e.concurrency)
 
 
 def run_generate(args, cfg) -> int:
-    from longrl.eval.harness import generate_all, load_samples, score_generations
-    from longrl.eval.report import load_reference, write_reports
+    from longrl.eval.harness import evaluate_benchmarks, load_samples
+    from longrl.eval.report import load_reference
 
     samples = load_samples(cfg.eval)
     backend, tokenizer, label = _backend(args, cfg)
     out = Path(args.out or Path(cfg.output_dir) / "eval")
     e = cfg.eval
-    meta = {"model": label, "max_new_tokens": e.max_new_tokens, "temperature": e.temperature, "top_p": e.top_p,
-            "max_input_tokens": e.max_input_tokens, "agent": None}
-    if args.agent == "memory":
-        cache, counts = _generate_with_agent(args, cfg, samples, backend, tokenizer, out, meta)
-    else:
-        cache, counts = generate_all(samples, e, backend, tokenizer, out, meta, progress=_progress)
-    judge = _judge(cfg)
-    records = score_generations(samples, cache, e, tokenizer, judge)
-    extra = {"generation": counts, "config": {**meta, "k": e.k, "limit": e.limit,
-                                              "first_gold_only": e.first_gold_only}}
-    if judge is not None:
-        extra["judge_metrics"] = judge.metrics()
     reference = load_reference(e.reference) if e.reference else None
-    summary = write_reports(records, out, label, judged=judge is not None, reference=reference, extra=extra)
+    generate = _agent_generation(args, cfg, backend, tokenizer) if args.agent == "memory" else None
+    try:
+        summary, counts = evaluate_benchmarks(samples, e, backend, tokenizer, out, label, judge=_judge(cfg),
+                                              reference=reference, progress=_progress, generate=generate)
+    finally:
+        if generate is not None:
+            generate.close()
     print((out / "table.md").read_text())
     print(f"eval: {counts['cached']} cached, {counts['generated']} generated, {counts['failed']} failed "
           f"({summary['failed']} failed samples scored 0); reports in {out}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """One evaluation harness: prompts -> generations (cached as they complete) -> scores -> judge -> records.
 
-Generation runs through an OpenAI-compatible chat endpoint (vLLM, SGLang, ``transformers serve``; a
-thread pool with per-request timeouts and retries) or in process (``longrl.rollout.hf.HFGenerator``).
+Generation runs through an OpenAI-compatible chat endpoint (vLLM, SGLang, ``transformers serve``;
+:mod:`longrl.http`'s thread pool, timeouts and retries) or in process (``longrl.rollout.hf.HFGenerator``).
 Both send the same text: the QwenLong user prompt whose document is middle-truncated with the model's
 tokenizer so that the chat prompt fits ``max_input_tokens``.
 
@@ -16,18 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from longrl import http
 from longrl.config import ConfigError, EvalConfig
 from longrl.data.records import DocQASample, RecordError
-from longrl.eval.benchmarks import BENCHMARKS, get_benchmark
+from longrl.eval.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from longrl.eval.metrics import judge_prediction, split_thinking
-from longrl.rollout.openai import RETRY_STATUS, GenerationError
 
 log = logging.getLogger(__name__)
 
@@ -172,69 +170,42 @@ def _message_text(message: dict[str, Any]) -> str:
 
 
 class EndpointBackend:
-    """Chat completions against an OpenAI-compatible server, ``concurrency`` requests in flight."""
-
+    """Chat completions against an OpenAI-compatible server, ``concurrency`` requests in flight; timeout,
+    retries and back-off as :mod:`longrl.http` says (the fields of ``eval``). A request that still fails
+    becomes a failed :class:`Generation` carrying the error; it does not stop the others."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "", concurrency: int = 8,
-                 timeout_s: float = 1800.0, max_retries: int = 4, backoff_s: float = 1.0):
-        import httpx
-
+                 timeout_s: float = http.EVAL_TIMEOUT_S, max_retries: int = http.DEFAULT_MAX_RETRIES,
+                 backoff_s: float = http.DEFAULT_BACKOFF_S, max_backoff_s: float = http.DEFAULT_MAX_BACKOFF_S):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
-        self.concurrency, self.max_retries, self.backoff_s = concurrency, max_retries, backoff_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=timeout_s, headers=headers,
-                                   limits=httpx.Limits(max_connections=concurrency))
+        self.concurrency = concurrency
+        self.policy = http.HttpPolicy(timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s,
+                                      max_backoff_s=max_backoff_s)
+        self.client = http.new_client(concurrency=concurrency, headers=http.bearer(api_key))
 
-    def _post_once(self, body: dict[str, Any]) -> Generation:
-        import httpx
-
-        try:
-            r = self.client.post(self.url, json=body)
-        except httpx.HTTPError as e:
-            raise _Retryable(f"{type(e).__name__}: {e}") from None
-        if r.status_code in RETRY_STATUS:
-            raise _Retryable(f"HTTP {r.status_code}: {r.text[:200]}")
-        if r.status_code != 200:
-            raise GenerationError(f"HTTP {r.status_code}: {r.text[:200]}")
-        try:
-            choice = r.json()["choices"][0]
-            usage = r.json().get("usage") or {}
-            return Generation(_message_text(choice["message"]), choice.get("finish_reason") or "",
-                              int(usage.get("completion_tokens", -1)))
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise _Retryable(f"malformed response: {e}: {r.text[:200]}") from None
-
-    def _request(self, job: Job, max_new_tokens: int, temperature: float, top_p: float) -> Generation:
-        body = {"model": self.model, "messages": job.messages, "max_tokens": max_new_tokens,
-                "temperature": temperature, "top_p": top_p}
-        delay = self.backoff_s
-        for attempt in range(self.max_retries + 1):
-            try:
-                return self._post_once(body)
-            except _Retryable as e:
-                if attempt == self.max_retries:
-                    raise GenerationError(f"{e} (after {attempt + 1} attempts)") from None
-                log.warning("retrying %s after %s", job.key, e)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+    @staticmethod
+    def _generation(answer: Any) -> Generation:
+        """The first choice of a chat answer; ValueError for a malformed one."""
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+            raise ValueError(f"answer has no choice with a message: {str(answer)[:200]}")
+        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+        return Generation(_message_text(choice["message"]), choice.get("finish_reason") or "",
+                          int(usage.get("completion_tokens", -1)))
 
     def run(self, jobs: list[Job], on_done: Callable[[Job, Generation], None], *, max_new_tokens: int,
             temperature: float, top_p: float) -> None:
-        def one(job: Job) -> tuple[Job, Generation]:
+        def one(job: Job) -> Generation:
+            body = {"model": self.model, "messages": job.messages, "max_tokens": max_new_tokens,
+                    "temperature": temperature, "top_p": top_p}
             try:
-                return job, self._request(job, max_new_tokens, temperature, top_p)
-            except GenerationError as e:
-                return job, Generation("", "error", error=str(e))
+                return http.request_json(self.client, self.url, self.policy, body, parse=self._generation)
+            except http.HttpError as e:
+                return Generation("", "error", error=str(e))
 
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            for fut in as_completed([pool.submit(one, j) for j in jobs]):
-                on_done(*fut.result())
-
-
-class _Retryable(Exception):
-    pass
+        http.map_concurrent(one, jobs, self.concurrency, on_done=lambda i, gen: on_done(jobs[i], gen))
 
 
 class InProcessBackend:
@@ -331,24 +302,56 @@ def generate_all(samples: dict[str, list[DocQASample]], cfg: EvalConfig, backend
     return cache, counts
 
 
+def generation_meta(label: str, cfg: EvalConfig) -> dict[str, Any]:
+    """The settings a generations cache is tied to (:func:`check_cache_meta`)."""
+    return {"model": label, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+            "top_p": cfg.top_p, "max_input_tokens": cfg.max_input_tokens}
+
+
+def evaluate_benchmarks(samples: dict[str, list[DocQASample]], cfg: EvalConfig, backend, tokenizer, out_dir: Path,
+                        label: str, *, judge=None, reference: dict[str, Any] | None = None,
+                        progress: Callable[[int, int], None] | None = None,
+                        generate=None) -> tuple[dict[str, Any], dict[str, int]]:
+    """THE benchmark evaluation (``longrl eval`` and the pipeline's eval stage): generate what the cache in
+    ``out_dir`` lacks, score (rule, then the judge when given), write samples.jsonl, summary.json and
+    table.md; returns (summary, generation counts). ``generate`` replaces :func:`generate_all` (same
+    arguments and result; its ``meta`` joins the cache's settings): the memory agent of
+    ``longrl eval --agent memory`` (:class:`longrl.eval.agent_eval.AgentGeneration`)."""
+    from longrl.eval.report import write_reports
+
+    meta = generation_meta(label, cfg) | {"agent": getattr(generate, "meta", None)}
+    cache, counts = (generate or generate_all)(samples, cfg, backend, tokenizer, out_dir, meta, progress=progress)
+    records = score_generations(samples, cache, cfg, tokenizer, judge)
+    extra: dict[str, Any] = {"generation": counts, "config": {**meta, "k": cfg.k, "limit": cfg.limit,
+                                                              "first_gold_only": cfg.first_gold_only}}
+    if judge is not None:
+        extra["judge_metrics"] = judge.metrics()
+    summary = write_reports(records, out_dir, label, judged=judge is not None, reference=reference, extra=extra)
+    return summary, counts
+
+
 def _count_tokens(tokenizer, text: str) -> int | None:
     if tokenizer is None:
         return None
     return len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
 
-def score_record(rec: dict[str, Any], answers: list[str], cfg: EvalConfig, tokenizer=None) -> dict[str, Any]:
-    """Add extraction, thinking length and rule metrics to a generation record (judge fields unset)."""
-    bench = get_benchmark(rec["benchmark"])
+def score_record(rec: dict[str, Any], answers: list[str], cfg: EvalConfig, tokenizer=None, *,
+                 bench: Benchmark | None = None, sample: DocQASample | None = None) -> dict[str, Any]:
+    """Add extraction, thinking length and rule metrics to a generation record (judge fields unset).
+    ``bench``: the adapter (default: the registered benchmark the record names)."""
+    bench = bench or get_benchmark(rec["benchmark"])
     response = rec.get("response") or ""
     failed = bool(rec.get("error")) or "response" not in rec
-    scored = bench.score(response, answers, first_gold_only=cfg.first_gold_only)
+    scored = bench.score(response, answers, first_gold_only=cfg.first_gold_only, sample=sample)
     thinking, final = split_thinking(response)
     out = dict(rec)
     out.update(answers=answers, failed=failed, pred=scored.pred, metrics=scored.metrics, rule=scored.rule,
                has_think=final is not None, thinking_chars=len(thinking),
                thinking_tokens=_count_tokens(tokenizer, thinking), judge=None, judge_status="off",
                score=scored.rule)
+    if scored.reason:
+        out["reason"] = scored.reason
     return out
 
 
@@ -380,16 +383,19 @@ def apply_judge(records: list[dict[str, Any]], questions: dict[tuple[str, str], 
 
 
 def score_generations(samples: dict[str, list[DocQASample]], cache: GenerationCache, cfg: EvalConfig,
-                      tokenizer=None, judge=None) -> list[dict[str, Any]]:
-    """One scored record per (benchmark, id, sample index) in ``samples`` x k; missing ones are failed."""
+                      tokenizer=None, judge=None, adapters: dict[str, Benchmark] | None = None) -> list[dict[str, Any]]:
+    """One scored record per (benchmark, id, sample index) in ``samples`` x k; missing ones are failed.
+    ``adapters`` maps a key of ``samples`` to its adapter when it is not a registered benchmark (the
+    pipeline's held-out sets: :mod:`longrl.eval.heldout`)."""
     records = []
     for bench, items in samples.items():
+        adapter = (adapters or {}).get(bench) or get_benchmark(bench)
         for s in items:
             for i in range(cfg.k):
                 rec = cache.records.get((bench, s.id, i)) or {
                     "benchmark": bench, "id": s.id, "sample": i, "response": "", "finish_reason": "error",
                     "error": "no generation recorded"}
-                rec = score_record(rec, s.answers, cfg, tokenizer)
+                rec = score_record(rec, s.answers, cfg, tokenizer, bench=adapter, sample=s)
                 rec["question"] = s.question
                 records.append(rec)
     if judge is not None:

@@ -24,6 +24,9 @@ import math
 import re
 from collections.abc import Sequence
 
+from longrl.rewards.numeric import docmath_normalize, numeric_match, parse_number
+from longrl.rewards.qa import exact_match, sub_exact_match, token_f1
+
 _MODEL_END_TOKENS = ("<｜Assistant｜>", "<｜end▁of▁sentence｜>")
 """Stray DeepSeek-R1 tokens the official extraction strips from the answer."""
 
@@ -70,8 +73,6 @@ def extract_docmath_answer(response: str) -> str | None:
     number :func:`~longrl.rewards.numeric.parse_number` reads from it ("12.5 units of stock" -> "12.5"),
     else QwenLong-L1's regex (first "the answer is <number>", parentheses and commas removed).
     """
-    from longrl.rewards.numeric import docmath_normalize, parse_number
-
     text = answer_region(response).replace("*", "")
     m = _DOCMATH_CLAUSE.search(text)
     if m:
@@ -103,8 +104,6 @@ def judge_prediction(response: str, pred: str | None) -> str | None:
 def qa_metrics(pred: str | None, golds: Sequence[str], first_gold_only: bool = False) -> dict[str, float]:
     """{'em', 'sub_em', 'f1'}: LongBench normalisation, each the max over the gold answers (or over the
     first only, as QwenLong-L1's scripts do); all 0 without a prediction."""
-    from longrl.rewards.qa import exact_match, sub_exact_match, token_f1
-
     golds = list(golds[:1]) if first_gold_only else list(golds)
     if not pred or not golds:
         return {"em": 0.0, "sub_em": 0.0, "f1": 0.0}
@@ -114,8 +113,6 @@ def qa_metrics(pred: str | None, golds: Sequence[str], first_gold_only: bool = F
 
 def docmath_metrics(pred: str | None, golds: Sequence[str], first_gold_only: bool = False) -> dict[str, float]:
     """{'acc'}: DocMath-Eval ``get_acc`` on the extracted answer (max over golds); 0 without a prediction."""
-    from longrl.rewards.numeric import numeric_match
-
     golds = list(golds[:1]) if first_gold_only else list(golds)
     if not pred:
         return {"acc": 0.0}

@@ -6,8 +6,10 @@ Qwen2 pre-tokenizer pipeline and a ChatML chat template, and a small ``Qwen2ForC
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -123,6 +125,55 @@ def build_tiny_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+NEWLINE_BEFORE_TEXT = r"\n(?=[^\n])"
+
+
+def space_after_newline(text: str) -> str:
+    """What :func:`adapt_tiny_tokenizer`'s normalizer does to a text."""
+    return re.sub(NEWLINE_BEFORE_TEXT, "\n ", text)
+
+
+def adapt_tiny_tokenizer(tokenizer):
+    """``build_tiny_tokenizer``'s output with a normalizer that puts a space after a newline before text.
+
+    A paragraph's first word is then the same token as everywhere else: the Qwen2 pre-tokenizer never
+    merges a newline into a word, so ``"\\n\\nKalor"`` would give ``Kalor``, not `` Kalor``, and a model
+    learning from scratch would first have to learn that the two are one name. Load the saved directory
+    with :func:`load_tokenizer`, which keeps the normalizer (``AutoTokenizer`` would not).
+    """
+    from tokenizers import Regex, normalizers
+
+    tokenizer.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(NEWLINE_BEFORE_TEXT), "\n ")])
+    return tokenizer
+
+
+def build_tiny_policy(texts: Iterable[str], *, vocab_size: int = 2000, hidden_size: int = 64, num_layers: int = 2,
+                      num_heads: int = 4, num_kv_heads: int = 2, seed: int = 0, model_type: str = "qwen2"):
+    """THE from-scratch policy (``longrl pipeline`` with no ``model.path``, ``longrl sft --init-tiny``):
+    (model, tokenizer), a BPE tokenizer trained on ``texts`` (:func:`adapt_tiny_tokenizer`) and a random
+    model of ``model_type`` sized for it."""
+    tokenizer = adapt_tiny_tokenizer(build_tiny_tokenizer([space_after_newline(t) for t in texts], vocab_size))
+    model = build_tiny_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                             num_kv_heads=num_kv_heads, seed=seed, model_type=model_type)
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def hf_progress_bars_off():
+    """transformers' per-call progress bars ("Loading weights", saving) off inside the block: a run's console
+    shows longrl's own progress, not one bar per model load or checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def save_pretrained_dir(model, tokenizer, path: str | Path) -> Path:

@@ -6,8 +6,9 @@ output had no marker, the circuit breaker is open). ``None`` is never turned int
 hybrid reward decides what to do with it.
 
 Two backends share one interface (:class:`Judge`): :class:`OpenAIJudge` talks to any
-OpenAI-compatible chat endpoint (vLLM, SGLang, ``transformers serve``, hosted APIs) with bounded
-concurrency, per-call timeouts, retries with exponential backoff and a circuit breaker;
+OpenAI-compatible chat endpoint (vLLM, SGLang, ``transformers serve``, hosted APIs) through
+:mod:`longrl.http` (bounded concurrency, per-attempt timeouts, retries with jittered exponential
+back-off), guarded by a circuit breaker;
 :class:`HFJudge` runs a ``transformers`` model in-process, batched. Both consult a persistent
 :class:`JudgeCache` first, so rollouts that repeat an answer never pay for the same judgement twice.
 
@@ -18,24 +19,24 @@ length capped) and inserted between delimiters; the verdict parser only accepts 
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import hashlib
 import json
 import logging
 import os
-import random
 import re
 import sqlite3
+import threading
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from longrl.config import ConfigError, JudgeConfig
+from longrl import http
+from longrl.config import ConfigError, JudgeConfig, ModelConfig
+from longrl.models import load_policy
 
 log = logging.getLogger(__name__)
 
@@ -320,24 +321,35 @@ class CachedJudge:
                               sanitize_answer(req.gold, self.cfg.max_prediction_chars))
 
     def judge_many(self, reqs: Sequence[JudgeRequest]) -> list[Verdict]:
-        keys = [self._key(r) for r in reqs]
-        known: dict[str, Verdict] = dict(self.cache.get_many(keys))
-        self.stats.requests += len(reqs)
-        todo: dict[str, JudgeRequest] = {}
-        for key, req in zip(keys, reqs):
+        return self.answer_many(
+            [self._key(r) for r in reqs], reqs,
+            messages=lambda r: build_judge_messages(r, self.template, self.cfg.max_prediction_chars),
+            lookup=self.cache.get_many,
+            store=lambda fresh: self.cache.put_many(fresh, model=self.cfg.model, template=self.template.version))
+
+    def answer_many(self, keys: Sequence[Hashable], items: Sequence[Any], messages: Callable[[Any], list[dict]],
+                    lookup: Callable[[list], dict], store: Callable[[dict], None]) -> list[Any]:
+        """One answer per item (None = no answer): ``lookup(keys)`` gives the cached ones, each distinct
+        missing key is asked once (``messages(item)`` through the backend), real answers go to ``store``.
+
+        The one cached, de-duplicated batch path of every judging task (verdicts here; behaviour counts in
+        :mod:`longrl.analysis.behaviours`); counted in ``judge/requests``, ``cache_hits``, ``failures``.
+        """
+        known: dict = dict(lookup(list(keys)))
+        self.stats.requests += len(keys)
+        todo: dict = {}
+        for key, item in zip(keys, items):
             if key in known or key in todo:
                 self.stats.cache_hits += key in known
                 continue
-            todo[key] = req
+            todo[key] = item
         if todo:
-            messages = [build_judge_messages(r, self.template, self.cfg.max_prediction_chars) for r in todo.values()]
-            fresh = dict(zip(todo, self._judge_messages(messages)))
-            self.cache.put_many({k: v for k, v in fresh.items() if v is not None},
-                                model=self.cfg.model, template=self.template.version)
+            fresh = dict(zip(todo, self._judge_messages([messages(item) for item in todo.values()])))
+            store({k: v for k, v in fresh.items() if v is not None})
             known.update(fresh)
-        verdicts = [known[k] for k in keys]
-        self.stats.failures += sum(v is None for v in verdicts)
-        return verdicts
+        answers = [known[k] for k in keys]
+        self.stats.failures += sum(a is None for a in answers)
+        return answers
 
     def _judge_messages(self, messages: list[list[dict]]) -> list[Verdict]:
         raise NotImplementedError
@@ -352,33 +364,35 @@ class CachedJudge:
         return self.stats.as_dict()
 
 
-class _RetryableError(Exception):
-    pass
+class _BreakerOpen(Exception):
+    """The circuit breaker refused an attempt."""
 
 
 class OpenAIJudge(CachedJudge):
-    """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint."""
+    """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Every request goes through :func:`longrl.http.request_json` with the policy of ``reward.judge``; the
+    circuit breaker is its gate (an open breaker: no verdict at once, counted in
+    ``judge/breaker_rejections``) and sees every attempt: an answer, or an HTTP 4xx (the server is up), counts
+    as a success; a transport error, a timeout, a 5xx or a malformed answer as a failure.
+    """
 
     def __init__(self, cfg: JudgeConfig, cache: JudgeCache | None = None):
         super().__init__(cfg, cache)
         if not re.match(r"^https?://[^/\s]+", cfg.endpoint):
             raise ConfigError("reward.judge.endpoint", f"expected an http(s) base URL, got '{cfg.endpoint}'")
         self.url = cfg.endpoint.rstrip("/") + "/chat/completions"
+        self.policy = cfg.http_policy()
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.headers = http.bearer(key)
+        self._lock = threading.Lock()
+        """Guards the breaker and the counters, shared by the request threads."""
 
     def _judge_messages(self, messages: list[list[dict]]) -> list[Verdict]:
-        return _run_coroutine(self._judge_all(messages))
-
-    async def _judge_all(self, messages: list[list[dict]]) -> list[Verdict]:
-        import httpx
-
-        limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
-        sem = asyncio.Semaphore(self.cfg.concurrency)
-        async with httpx.AsyncClient(limits=limits, headers=self.headers, timeout=self.cfg.timeout_s) as client:
-            results = await asyncio.gather(*(self._judge_one(client, sem, m) for m in messages),
-                                           return_exceptions=True)
+        with http.new_client(concurrency=self.cfg.concurrency, headers=self.headers) as client:
+            results = http.map_concurrent(lambda m: self._judge_one(client, m), messages, self.cfg.concurrency,
+                                          fail_fast=False)
         for r in results:
             if isinstance(r, Exception):
                 self.stats.errors += 1
@@ -386,73 +400,45 @@ class OpenAIJudge(CachedJudge):
                 log.warning("judge request failed unexpectedly: %s", self.stats.last_error)
         return [None if isinstance(r, Exception) else r for r in results]
 
-    async def _judge_one(self, client, sem: asyncio.Semaphore, messages: list[dict]) -> Verdict:
+    def _judge_one(self, client, messages: list[dict]) -> Verdict:
         payload = {"model": self.cfg.model, "messages": messages,
                    "max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature}
-        for attempt in range(self.cfg.max_retries + 1):
+        try:
+            text = http.request_json(client, self.url, self.policy, payload, parse=_chat_content,
+                                     gate=self._gate, observe=self._observe)
+        except _BreakerOpen:
+            return None
+        except http.HttpError:
+            return None  # counted, attempt by attempt, in _observe
+        with self._lock:
+            return self._parse(text)
+
+    def _gate(self) -> None:
+        with self._lock:
             if not self.breaker.allow():
                 self.stats.breaker_rejections += 1
-                return None
-            try:
-                async with sem:
-                    return self._parse(await self._post(client, payload))
-            except _RetryableError as e:
+                raise _BreakerOpen()
+
+    def _observe(self, attempt: http.Attempt) -> None:
+        server_up = attempt.ok or (attempt.status is not None and 400 <= attempt.status < 500)
+        with self._lock:
+            self.stats.calls += 1
+            if attempt.ok:
+                self.stats.latencies_s.append(attempt.latency_s)
+            else:
                 self.stats.errors += 1
-                self.stats.last_error = str(e)
-            except ValueError as e:
-                self.stats.errors += 1
-                self.stats.last_error = str(e)
-                return None
-            if attempt < self.cfg.max_retries:
-                self.stats.retries += 1
-                delay = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** attempt)
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-        return None
-
-    async def _post(self, client, payload: dict) -> str:
-        """One attempt: the completion text; _RetryableError (transient) or ValueError (permanent)."""
-        import httpx
-
-        self.stats.calls += 1
-        t0 = time.monotonic()
-        try:
-            resp = await client.post(self.url, json=payload)
-        except (httpx.TimeoutException, httpx.TransportError) as e:
-            self._record_breaker(False)
-            raise _RetryableError(f"{type(e).__name__} calling {self.url}: {e}") from None
-        except httpx.HTTPError as e:
-            self._record_breaker(False)
-            raise ValueError(f"{type(e).__name__} calling {self.url}: {e}") from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            self._record_breaker(resp.status_code == 429)
-            raise _RetryableError(f"HTTP {resp.status_code} from {self.url}: {resp.text[:200]}")
-        if resp.status_code != 200:
-            self._record_breaker(True)
-            raise ValueError(f"HTTP {resp.status_code} from {self.url}: {resp.text[:200]}")
-        try:
-            text = resp.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            self._record_breaker(False)
-            raise ValueError(f"malformed response from {self.url}: {resp.text[:200]!r}") from None
-        self._record_breaker(True)
-        self.stats.latencies_s.append(time.monotonic() - t0)
-        return text
-
-    def _record_breaker(self, ok: bool) -> None:
-        if self.breaker.record(ok):
-            self.stats.breaker_opens += 1
-            log.warning("judge circuit breaker opened after %d failed attempts at %s (cool-down %.0fs)",
-                        self.breaker.consecutive, self.url, self.cfg.breaker_cooldown_s)
+                self.stats.last_error = f"{attempt.cause} calling {attempt.url}"
+            self.stats.retries += attempt.will_retry
+            if self.breaker.record(server_up):
+                self.stats.breaker_opens += 1
+                log.warning("judge circuit breaker opened after %d failed attempts at %s (cool-down %.0fs)",
+                            self.breaker.consecutive, self.url, self.cfg.breaker_cooldown_s)
 
 
-def _run_coroutine(coro):
-    """Run ``coro`` to completion from sync code, also when the caller already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+def _chat_content(answer: Any) -> object:
+    """The content of a chat answer's first choice (KeyError, IndexError or TypeError when there is none;
+    content that is not text reaches the parser, which gives no verdict)."""
+    return answer["choices"][0]["message"]["content"]
 
 
 class HFJudge(CachedJudge):
@@ -461,9 +447,6 @@ class HFJudge(CachedJudge):
     def __init__(self, cfg: JudgeConfig, cache: JudgeCache | None = None, model=None, tokenizer=None):
         super().__init__(cfg, cache)
         if model is None:
-            from longrl.config import ModelConfig
-            from longrl.models import load_policy
-
             model, tokenizer = load_policy(ModelConfig(path=cfg.model, device=cfg.device), trainable=False)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.tokenizer.padding_side = "left"

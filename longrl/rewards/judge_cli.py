@@ -12,6 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+from longrl.config import ConfigError, load_config
+from longrl.data.readers import read_json_objects
+from longrl.data.records import RecordError
+from longrl.rewards.hybrid import judge_against_golds
+from longrl.rewards.judge import make_judge
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="inp", required=True, help="JSONL of {question, prediction, gold}")
@@ -26,35 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_pairs(path: Path) -> list[dict]:
-    from longrl.data.records import RecordError
-
+    """The rows of ``path`` with their golds as a list in ``_golds``; RecordError naming the file, the
+    record (1-based, blank lines not counted) and the field of the first bad one."""
     if not path.is_file():
         raise RecordError(str(path), 0, "<file>", "file not found")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(str(path), n, "<line>", f"invalid JSON: {e}") from None
-        if not isinstance(row, dict):
-            raise RecordError(str(path), n, "<line>", "expected a JSON object")
+    for n, row in enumerate(read_json_objects(path), 1):
         for name in ("question", "prediction"):
             if not isinstance(row.get(name), str):
-                raise RecordError(str(path), n, name, "missing or not a string")
+                raise RecordError(str(path), f"record {n}", name, "missing or not a string")
         gold = row.get("gold")
         if isinstance(gold, str):
             gold = [gold]
         if not isinstance(gold, list) or not gold or not all(isinstance(g, str) for g in gold):
-            raise RecordError(str(path), n, "gold", "must be a string or a non-empty list of strings")
+            raise RecordError(str(path), f"record {n}", "gold", "must be a string or a non-empty list of strings")
         rows.append({**row, "_golds": gold})
     return rows
 
 
 def _judge_config(args):
-    from longrl.config import ConfigError, load_config
-
     overrides = list(args.overrides)
     if args.model_path and (args.endpoint or args.model):
         raise ConfigError("--model-path", "use either --model-path or --endpoint/--model, not both")
@@ -74,9 +70,6 @@ def _judge_config(args):
 
 
 def run(args) -> int:
-    from longrl.rewards.hybrid import judge_against_golds
-    from longrl.rewards.judge import make_judge
-
     cfg = _judge_config(args)
     rows = _read_pairs(Path(args.inp))
     judge = make_judge(cfg)

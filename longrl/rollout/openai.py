@@ -11,9 +11,10 @@ left to the server: use it only with prompts that were NOT already chat-template
 Completion token ids come from the response when the server returns them (vLLM:
 ``return_token_ids``); otherwise the text is re-tokenised, which may differ from the sampled ids,
 the tokenizer's EOS id is appended when the server says it stopped, and the ids are cut to
-``max_new_tokens``. Prompts run concurrently (``max_concurrency`` requests in flight); each request
-has a timeout and is retried with exponential back-off on transport errors, timeouts, 408, 409, 429
-and 5xx answers; other answers, and answers that are not the expected JSON, fail at once.
+``max_new_tokens``. Prompts run concurrently (``max_concurrency`` requests in flight) through
+:mod:`longrl.http`: timeouts, retries and back-off follow its one policy; any failure, including an
+answer that is not the expected JSON, is an :class:`~longrl.http.HttpError` naming the URL, and the
+first one fails the batch.
 
 The server holds its own weights. :meth:`OpenAIGenerator.update_weights` (called by the RL loop
 after each optimizer step) saves the policy to ``sync_dir`` every ``sync_every`` steps and POSTs
@@ -23,17 +24,15 @@ after each optimizer step) saves the policy to ``sync_dir`` every ``sync_every``
 from __future__ import annotations
 
 import logging
-import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import httpx
 
+from longrl import http
+from longrl.models import save_pretrained_dir
 from longrl.rollout.base import Completion, Generator
 
 logger = logging.getLogger(__name__)
-
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 def chat_text(message: dict) -> str:
@@ -46,8 +45,9 @@ def chat_text(message: dict) -> str:
     return content
 
 
-class GenerationError(RuntimeError):
-    """A request failed after all retries, or the server's answer was unusable."""
+GenerationError = http.HttpError
+"""What :class:`OpenAIGenerator` raises: a request failed after its retries, or the answer was unusable
+(the one HTTP error of :mod:`longrl.http`, under the name callers of the generator know)."""
 
 
 @dataclass
@@ -67,13 +67,9 @@ class OpenAIGeneratorConfig:
     """Send n one-choice requests per prompt instead of one request with ``n`` (servers that ignore
     ``n``, such as ``transformers serve``)."""
     max_concurrency: int = 8
-    timeout_s: float = 600.0
-    """Per-request timeout (connect, read, write)."""
-    max_retries: int = 3
-    backoff_s: float = 1.0
-    """First retry delay; doubles on each retry."""
-    max_backoff_s: float = 30.0
-    """Cap on one retry delay."""
+    http: http.HttpPolicy = field(default_factory=http.HttpPolicy)
+    """Timeout, retries and back-off of every request (:mod:`longrl.http`; a config section's
+    ``http_policy()``, e.g. ``RolloutConfig.http_policy()``)."""
     extra_body: dict = field(default_factory=dict)
     """Merged into every request body (vLLM: {"return_token_ids": True}; ``transformers serve``:
     {"generation_config": '{"do_sample": true}'}, without which it decodes greedily)."""
@@ -88,6 +84,7 @@ class OpenAIGeneratorConfig:
     '' = do not POST (something else reloads)."""
 
 
+
 class OpenAIGenerator(Generator):
     """:class:`~longrl.rollout.base.Generator` over an OpenAI-compatible HTTP server."""
 
@@ -99,12 +96,10 @@ class OpenAIGenerator(Generator):
         if cfg.sync_every < 1:
             raise ValueError(f"sync_every must be >= 1, got {cfg.sync_every}")
         self.cfg = cfg
+        self.policy = cfg.http
         self.tokenizer = tokenizer
-        self.client = client or httpx.Client(
-            base_url=cfg.base_url.rstrip("/"), timeout=cfg.timeout_s,
-            headers={"Authorization": f"Bearer {cfg.api_key}"},
-            limits=httpx.Limits(max_connections=cfg.max_concurrency),
-        )
+        self.client = client or http.new_client(concurrency=cfg.max_concurrency, headers=http.bearer(cfg.api_key),
+                                                base_url=cfg.base_url.rstrip("/"))
         self._warned_no_sync = False
         self._seed: int | None = None
 
@@ -149,12 +144,11 @@ class OpenAIGenerator(Generator):
             return
         if step % self.cfg.sync_every:
             return
-        from longrl.models import save_pretrained_dir
 
         path = save_pretrained_dir(getattr(model, "module", model), self.tokenizer, self.cfg.sync_dir)
         if self.cfg.reload_path:
             root = self.cfg.base_url.rstrip("/").removesuffix("/v1")
-            self._post_with_retries(root + self.cfg.reload_path, {})
+            http.request_json(self.client, root + self.cfg.reload_path, self.policy, {})
         logger.info("step %d: policy saved to %s and server reloaded", step, path)
 
     def _body(self, request: dict, n: int, max_new_tokens, temperature, top_p) -> dict:
@@ -173,64 +167,28 @@ class OpenAIGenerator(Generator):
         if self._seed is not None:
             for k, body in enumerate(bodies):
                 body["seed"] = (self._seed + k) % 2**31
-        with ThreadPoolExecutor(max_workers=max(1, self.cfg.max_concurrency)) as pool:
-            futures = [pool.submit(self._post_with_retries, path, body) for body in bodies]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in pending:
-                fut.cancel()
-            failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception()), None)
-            if failed is not None:
-                raise failed.exception()
-        parsed = [self._parse(path, fut.result(), per_request, max_new_tokens) for fut in futures]
+
+        def one(body: dict) -> list[dict]:
+            return http.request_json(self.client, path, self.policy, body,
+                                     parse=lambda answer: self._choices(answer, per_request))
+
+        answers = http.map_concurrent(one, bodies, self.cfg.max_concurrency)
+        # the tokenizer re-tokenises here, in this thread: a fast tokenizer is not safe to share across threads
+        parsed = [[self._completion(c, max_new_tokens) for c in choices] for choices in answers]
         return [[c for answer in parsed[i * copies:(i + 1) * copies] for c in answer] for i in range(len(requests))]
 
-    def _post_with_retries(self, path: str, body: dict) -> dict:
-        """POST ``body``; retry transient failures; raise :class:`GenerationError` when out of retries
-        or when the answer is not a JSON object."""
-        delay = self.cfg.backoff_s
-        url = self._url(path)
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                resp = self.client.post(path, json=body)
-            except httpx.TransportError as exc:  # connect errors and timeouts
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code not in RETRY_STATUS:
-                    return self._json(url, resp)
-                problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
-            if attempt < self.cfg.max_retries:
-                logger.warning("%s failed (%s); retry %d/%d in %.1fs", url, problem, attempt + 1,
-                               self.cfg.max_retries, delay)
-                time.sleep(delay)
-                delay = min(2 * delay, self.cfg.max_backoff_s)
-        raise GenerationError(f"{url}: failed after {self.cfg.max_retries + 1} attempts: {problem}")
-
-    def _url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else self.cfg.base_url.rstrip("/") + path
-
     @staticmethod
-    def _json(url: str, resp: httpx.Response) -> dict:
-        """The answer's JSON object; :class:`GenerationError` for an error status or a malformed body."""
-        if resp.is_error:
-            raise GenerationError(f"{url}: HTTP {resp.status_code}: {resp.text[:500]}")
-        try:
-            answer = resp.json()
-        except ValueError as exc:
-            raise GenerationError(f"{url}: answer is not JSON ({exc}): {resp.text[:200]!r}") from exc
+    def _choices(answer: object, n: int) -> list[dict]:
+        """The ``n`` choices of one answer, ordered by index; ValueError for any other answer."""
         if not isinstance(answer, dict):
-            raise GenerationError(f"{url}: answer is not a JSON object: {resp.text[:200]!r}")
-        return answer
-
-    def _parse(self, path: str, answer: dict, n: int, max_new_tokens: int) -> list[Completion]:
-        """Completions of one answer, ordered by choice index."""
+            raise ValueError(f"answer is not a JSON object: {str(answer)[:200]!r}")
         choices = answer.get("choices")
         if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-            raise GenerationError(f"{self._url(path)}: answer has no list of choices: {str(answer)[:200]}")
+            raise ValueError(f"answer has no list of choices: {str(answer)[:200]}")
         if len(choices) != n:
             hint = " (the server ignores n? set split_n=True)" if len(choices) < n else ""
-            raise GenerationError(f"{self._url(path)}: expected {n} choices, got {len(choices)}{hint}")
-        choices = sorted(choices, key=lambda c: c.get("index", 0))
-        return [self._completion(c, max_new_tokens) for c in choices]
+            raise ValueError(f"expected {n} choices, got {len(choices)}{hint}")
+        return sorted(choices, key=lambda c: c.get("index", 0))
 
     @staticmethod
     def _token_logprobs(choice: dict, n_tokens: int) -> list[float] | None:

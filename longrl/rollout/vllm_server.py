@@ -13,7 +13,8 @@ policy's tensors (LoRA merged, every parameter) are written as one safetensors f
   stale on CPU);
 * ``POST /reset_prefix_cache`` drops KV computed by the old weights.
 
-Every request names its endpoint in errors. A server that stops answering is health-checked
+Every request goes through :mod:`longrl.http` (one timeout, retry and back-off policy) and names its
+endpoint in errors. A server that stops answering is health-checked
 (``GET /health``) and reported as dead with its log's tail (when longrl started it); the RL run then
 stops with that error and a rerun resumes from its last checkpoint (the new server is started from
 the model path and given the checkpoint's weights before the first rollout).
@@ -34,9 +35,14 @@ from pathlib import Path
 
 import httpx
 
+from longrl import http
 from longrl.rollout.base import Completion, Generator
-from longrl.rollout.openai import GenerationError, OpenAIGenerator, OpenAIGeneratorConfig
-from longrl.rollout.vllm_engine import EngineError, engine_model_dir
+from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
+from longrl.rollout.vllm_engine import (
+    EngineError,
+    _dtype_name,
+    engine_model_dir,
+)
 from longrl.rollout.vllm_sync import EXTENSION, merged_lora, policy_weights
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,15 @@ def server_command(python: str, model_dir: str, port: int, dtype: str, enforce_e
     return cmd + list(extra)
 
 
+def _json_object(answer: object) -> dict:
+    """A server answer as a dict: ``{}`` for an empty answer; ValueError for JSON that is not an object."""
+    if answer is None:
+        return {}
+    if not isinstance(answer, dict):
+        raise ValueError(f"answer is not a JSON object: {str(answer)[:200]!r}")
+    return answer
+
+
 class VLLMServerGenerator(Generator):
     """:class:`~longrl.rollout.base.Generator` over a vLLM OpenAI server with in-place weight sync.
 
@@ -71,12 +86,13 @@ class VLLMServerGenerator(Generator):
     empty = start one with ``python`` (an interpreter whose environment has vLLM and longrl) on a free
     loopback port, logging to ``workdir/vllm_server.log``. A user-started server is shared by all
     training processes (``shared_across_processes``: the RL loop syncs it from the main process only).
+    ``http`` (:class:`~longrl.http.HttpPolicy`) governs sampling and weight-sync requests alike.
     """
 
     def __init__(self, model, tokenizer, model_path: str = "", *, endpoint: str = "", python: str = "",
                  dtype: str = "auto", enforce_eager: bool = True, max_model_len: int = 0, kv_cache_gib: float = 2.0,
                  seed: int = 0, server_args: list[str] | None = None, startup_timeout_s: float = 900.0,
-                 workdir: str | Path | None = None, timeout_s: float = 600.0, max_retries: int = 2,
+                 workdir: str | Path | None = None, http_policy: http.HttpPolicy | None = None,
                  max_concurrency: int = 8, sync_dir: str = ""):
         self.tokenizer = tokenizer
         self._tmp = tempfile.TemporaryDirectory(prefix="longrl-vllm-server-")
@@ -88,19 +104,17 @@ class VLLMServerGenerator(Generator):
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "vllm_server.log"
         self.shared_across_processes = bool(endpoint)
+        self.policy = http_policy or http.HttpPolicy()
         if endpoint:
             self.root = endpoint.rstrip("/").removesuffix("/v1")
             self._wait_healthy(startup_timeout_s)
         else:
-            from longrl.rollout.vllm_engine import _dtype_name
-
             path = engine_model_dir(model, tokenizer, model_path, self.workdir)
             self.root = self._start(python or sys.executable, path, _dtype_name(dtype, model), enforce_eager,
                                     max_model_len, kv_cache_gib, seed, server_args or [], startup_timeout_s)
-        self.client = httpx.Client(timeout=timeout_s)
+        self.client = http.new_client(concurrency=1)
         self.openai = OpenAIGenerator(OpenAIGeneratorConfig(
-            base_url=self.root + "/v1", model=self._served_model(), timeout_s=timeout_s, max_retries=max_retries,
-            max_concurrency=max_concurrency, backoff_s=0.5,
+            base_url=self.root + "/v1", model=self._served_model(), http=self.policy, max_concurrency=max_concurrency,
             extra_body={"return_token_ids": True, "logprobs": 0}), tokenizer)
 
     # ------------------------------------------------------------------ lifecycle
@@ -174,21 +188,17 @@ class VLLMServerGenerator(Generator):
 
     # ------------------------------------------------------------------ requests
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        url = self.root + path
+        """The JSON object answer of one request to the server (an empty answer is ``{}``); EngineError when
+        it fails, saying whether the server is dead."""
         try:
-            resp = self.client.request(method, url, json=body) if body is not None else self.client.request(method, url)
-        except httpx.HTTPError as exc:
-            if not self.alive():
+            return http.request_json(self.client, self.root + path, self.policy, body, method=method,
+                                     parse=_json_object)
+        except http.HttpError as exc:
+            if exc.status is None and not self.alive():
                 raise self._dead_error(f"{method} {path}", exc) from exc
-            raise EngineError(f"{url}: {type(exc).__name__}: {exc}") from exc
-        if resp.is_error:
-            hint = (" (start the server with VLLM_SERVER_DEV_MODE=1 and --worker-extension-cls "
-                    f"{EXTENSION})" if resp.status_code == 404 else "")
-            raise EngineError(f"{url}: HTTP {resp.status_code}{hint}: {resp.text[:500]}")
-        try:
-            return resp.json() if resp.content else {}
-        except ValueError as exc:
-            raise EngineError(f"{url}: answer is not JSON: {resp.text[:200]!r}") from exc
+            hint = (f" (start the server with VLLM_SERVER_DEV_MODE=1 and --worker-extension-cls {EXTENSION})"
+                    if exc.status == 404 else "")
+            raise EngineError(f"{exc}{hint}") from exc
 
     def reseed(self, seed: int | None) -> None:
         """Per-request seeds (vLLM honours them): the k-th prompt of a call gets ``seed + k``."""
@@ -199,7 +209,7 @@ class VLLMServerGenerator(Generator):
         """``result[i][j]`` is the j-th of ``n`` completions of ``prompt_ids[i]``."""
         try:
             return self.openai.generate(prompt_ids, n, max_new_tokens, temperature, top_p)
-        except GenerationError as exc:
+        except http.HttpError as exc:
             if not self.alive():
                 raise self._dead_error("POST /v1/completions", exc) from exc
             raise

@@ -32,11 +32,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 
 from longrl.agent import MemoryAgent, Trajectory
+from longrl.algo.advantages import compute_advantages
+from longrl.algo.filtering import DynamicBatch
+from longrl.algo.shaping import overlong_penalty
+from longrl.config import ConfigError, load_config
+from longrl.curriculum.phases import PhaseSampler
+from longrl.curriculum.samplers import PhaseSpec, source_weights
+from longrl.data.readers import read_sources
 from longrl.data.records import DocQASample
+from longrl.locations import check_model_config
+from longrl.models import load_policy
 from longrl.train import rl
-from longrl.train.rl import RLResult, RLRun, RLSettings, Seq
+from longrl.train.checkpoint import open_run, save_checkpoint
+from longrl.train.optim import seed_everything
+from longrl.train.rl import RLResult, RLRun, Seq
+from longrl.train.runtime import default_accelerator, save_final
+from longrl.train.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +86,11 @@ class AgentGroup:
 
 
 # ---------------------------------------------------------------------------- 1-3: trajectories, rewards, filtering
-def make_agent(run: RLRun, cfg) -> MemoryAgent:
+def make_agent(run: RLRun) -> MemoryAgent:
     """The agent sampling at the run's temperature; the answer turn's budget is the run's max_new_tokens."""
-    return MemoryAgent(run.tokenizer, cfg.agent, max_new_tokens=run.s.max_new_tokens,
-                       temperature=run.s.temperature, top_p=run.s.top_p)
+    ro = run.cfg.rollout
+    return MemoryAgent(run.tokenizer, run.cfg.agent, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
+                       top_p=ro.top_p)
 
 
 def rollout_round(run: RLRun, agent: MemoryAgent, samples: list[DocQASample], step: int,
@@ -85,26 +100,22 @@ def rollout_round(run: RLRun, agent: MemoryAgent, samples: list[DocQASample], st
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     groups = []
     for i in range(acc.process_index, len(samples), acc.num_processes):
-        seed = rl.rollout_seed(run.s.seed, step, round_idx, i)
+        seed = rl.rollout_seed(run.cfg.seed, step, round_idx, i)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            trajs = agent.run(run.generator, samples[i], n=run.s.group_size, seed=seed)
+            trajs = agent.run(run.generator, samples[i], n=run.cfg.rollout.group_size, seed=seed)
         groups.append(AgentGroup(index=round_idx * len(samples) + i, sample=samples[i], trajectories=trajs))
     score_groups(run, agent, groups)
     if acc.num_processes > 1:
-        from accelerate.utils import gather_object
-
         groups = sorted(gather_object(groups), key=lambda g: g.index)
     return groups
 
 
 def score_groups(run: RLRun, agent: MemoryAgent, groups: list[AgentGroup]) -> None:
     """R = reward_fn(answer) + R_length(answer), in place (one reward_fn call for every trajectory)."""
-    from longrl.algo.shaping import overlong_penalty
-
     samples = [g.sample for g in groups for _ in g.trajectories]
     results = run.reward_fn(samples, [t for g in groups for t in g.texts]) if samples else []
-    ov, k = run.s.overlong, 0
+    ov, k = run.cfg.reward.overlong, 0
     for g in groups:
         res = results[k:k + len(g.trajectories)]
         k += len(g.trajectories)
@@ -119,10 +130,8 @@ def score_groups(run: RLRun, agent: MemoryAgent, groups: list[AgentGroup]) -> No
 
 def collect_batch(run: RLRun, agent: MemoryAgent, step: int) -> tuple[list[AgentGroup], list[AgentGroup], dict]:
     """Steps 1-3: rounds of trajectories until the dynamic batch is full or capped (as ``rl.collect_batch``)."""
-    from longrl.algo.filtering import DynamicBatch
-
-    ds = run.s.dynamic
-    dyn = DynamicBatch(target_groups=run.s.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
+    ds = run.cfg.rl.dynamic_sampling
+    dyn = DynamicBatch(target_groups=run.cfg.rl.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
                        on_cap=ds.on_cap)
     generated: list[AgentGroup] = []
     kept: list[AgentGroup] = []
@@ -153,8 +162,6 @@ def turn_sequences(groups: list[AgentGroup], mode: str, eps: float) -> list[Seq]
     ``Seq.group`` numbers distinct turn prompts (0, 1, ... in order of first appearance) and the
     sequences are ordered by it, so each shared-prompt group is one contiguous run.
     """
-    from longrl.algo.advantages import compute_advantages
-
     rewards_N = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
     group_ids_N = [g.index for g in groups for _ in g.trajectories]
     task_ids_N = [g.sample.task for g in groups for _ in g.trajectories]
@@ -183,12 +190,13 @@ def agent_step(run: RLRun, agent: MemoryAgent, step: int) -> tuple[dict[str, flo
     t_gen = time.perf_counter()
     run.model.train()
     train: dict[str, float] = {}
-    seqs = turn_sequences(kept, run.s.algo.advantage, run.s.algo.eps) if kept else []   # 4
+    c = run.cfg
+    seqs = turn_sequences(kept, c.algo.advantage, c.algo.eps) if kept else []   # 4
     if seqs:
-        pieces = rl.make_pieces(seqs, run.s.micro_token_budget, run.s.shared_forward)
+        pieces = rl.make_pieces(seqs, c.rl.micro_token_budget, c.rl.shared_prompt_forward)
         aepo_metrics = rl.old_policy_pass(run, seqs, pieces)                     # 5
         stats = [rl.update(run, seqs, mb)                                        # 6
-                 for _ in range(run.s.epochs) for mb in rl.mini_batches(pieces, seqs, run.s.mini_batches)]
+                 for _ in range(c.rl.epochs) for mb in rl.mini_batches(pieces, seqs, c.rl.mini_batches)]
         train = rl._mean_metrics(stats) | aepo_metrics
     else:
         run.skipped_updates += 1
@@ -232,66 +240,60 @@ def trajectory_records(groups: list[AgentGroup], n: int) -> list[dict[str, Any]]
 
 # ---------------------------------------------------------------------------- the loop
 def train_agent_rl(model, tokenizer, sampler: rl.BatchSampler, reward_fn: rl.RewardFn, cfg, *,
-                   run_dir: str | Path, steps: int | None = None, max_new_tokens: int | None = None,
-                   temperature: float | None = None, seed: int | None = None,
+                   run_dir: str | Path, phase: PhaseSpec | None = None, seed: int | None = None,
                    on_accuracies: rl.AccuracyCallback | None = None, generator=None, ref_model=None,
                    extra_state: dict[str, Any] | None = None, accelerator=None,
                    allow_config_change: bool = False) -> RLResult:
     """:func:`longrl.train.rl.train_rl` for the memory agent (``cfg.agent``): same arguments, run directory
-    layout, checkpoints, resume rules and result; ``max_new_tokens`` is the answer turn's budget unless
-    ``agent.answer_new_tokens`` sets it."""
-    from longrl.train.checkpoint import open_run
-    from longrl.train.optim import seed_everything
-    from longrl.train.runtime import default_accelerator, save_final
-
+    layout, checkpoints, resume rules and result; ``rollout.max_new_tokens`` (or the phase's output budget)
+    is the answer turn's budget unless ``agent.answer_new_tokens`` sets it."""
     accelerator = accelerator or default_accelerator()
-    s = RLSettings.from_config(cfg, steps, max_new_tokens, temperature, seed)
+    source_of = cfg.source_of
+    cfg = rl.phase_config(cfg, phase, seed)
+    steps = cfg.rl.steps
     run_dir, extra_state = Path(run_dir), extra_state or {}
-    ckpt = open_run(run_dir, rl.run_config(cfg, s), allow_change=allow_config_change, source_of=cfg.source_of,
+    ckpt = open_run(run_dir, cfg.to_dict(), allow_change=allow_config_change, source_of=source_of,
                     main=accelerator.is_main_process)
-    seed_everything(s.seed)
+    seed_everything(cfg.seed)
     own_generator = generator is None
-    run = rl._build_run(model, tokenizer, sampler, reward_fn, s, cfg, generator, ref_model, on_accuracies, accelerator)
+    run = rl._build_run(model, tokenizer, sampler, reward_fn, cfg, generator, ref_model, on_accuracies, accelerator)
     try:
         start = rl._resume(run, ckpt, extra_state, run_dir)
-        if start >= s.steps and (run_dir / "final").is_dir():
+        if start >= steps and (run_dir / "final").is_dir():
             if accelerator.is_main_process:
                 print(f"{run_dir}: already complete at step {start}; nothing to do", file=sys.stderr)
-            return RLResult(steps=s.steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
+            return RLResult(steps=steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
                             skipped_updates=run.skipped_updates, already_complete=True)
-        if start < s.steps:
+        if start < steps:
             run.generator.sync_weights(accelerator.unwrap_model(run.model))
-        metrics = _loop(run, make_agent(run, cfg), run_dir, start, extra_state, cfg.to_dict())
+        metrics = _loop(run, make_agent(run), run_dir, start, extra_state)
     finally:
         if own_generator:
             run.generator.close()
     final = save_final(model, tokenizer, run_dir / "final", accelerator)
-    return RLResult(steps=s.steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
+    return RLResult(steps=steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
 
 
-def _loop(run: RLRun, agent: MemoryAgent, run_dir: Path, start: int, extra_state: dict[str, Any],
-          config: dict) -> dict[str, float]:
-    """Steps ``start .. s.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
-    from longrl.train.checkpoint import save_checkpoint
-    from longrl.train.telemetry import Telemetry
-
-    s, lc = run.s, run.s.logging
-    tel = Telemetry(run_dir, total_steps=s.steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
+def _loop(run: RLRun, agent: MemoryAgent, run_dir: Path, start: int, extra_state: dict[str, Any]) -> dict[str, float]:
+    """Steps ``start .. rl.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
+    c, lc = run.cfg, run.cfg.logging
+    steps = c.rl.steps
+    tel = Telemetry(run_dir, total_steps=steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
                     tensorboard=lc.tensorboard, wandb_project=lc.wandb_project, progress=lc.progress,
-                    enabled=run.accelerator.is_main_process, config=config)
+                    enabled=run.accelerator.is_main_process, config=c.to_dict())
     metrics = dict(run.last_metrics)
     try:
-        for step in range(start, s.steps):
+        for step in range(start, steps):
             metrics, generated = agent_step(run, agent, step)
             run.last_metrics = metrics
-            if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == s.steps):
+            if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == steps):
                 tel.log(step + 1, metrics)
             if lc.rollout_samples_every and (step + 1) % lc.rollout_samples_every == 0:
                 tel.write_samples(step + 1, trajectory_records(generated, lc.rollout_samples))
-            if (s.save_every and (step + 1) % s.save_every == 0) or step + 1 == s.steps:
+            if (c.save_every and (step + 1) % c.save_every == 0) or step + 1 == steps:
                 save_checkpoint(run_dir / "checkpoints", step + 1, model=run.model, optimizer=run.optimizer,
                                 scheduler=run.scheduler, state=rl._checkpoint_state(run, extra_state),
-                                accelerator=run.accelerator, keep=s.keep_checkpoints)
+                                accelerator=run.accelerator, keep=c.keep_checkpoints)
     finally:
         tel.close()
     return metrics
@@ -304,14 +306,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`longrl agent-rl`: RL of the memory agent over data.sources, written to <output_dir>/agent_rl (resumable)."""
-    from longrl.config import ConfigError, load_config
-    from longrl.curriculum.phases import PhaseSampler
-    from longrl.curriculum.samplers import source_weights
-    from longrl.data.readers import read_sources
-    from longrl.locations import check_model_config
-    from longrl.models import load_policy
-    from longrl.train.runtime import default_accelerator
-
     cfg = load_config(args.config, args.overrides)
     check_model_config(cfg)
     if not cfg.data.sources:

@@ -152,15 +152,10 @@ def save_checkpoint(root: str | Path, step: int, *, model, optimizer=None, sched
 
 def _save_model_quietly(model, path: Path) -> None:
     """``save_pretrained`` without transformers' per-call progress bar."""
-    from transformers.utils import logging as hf_logging
+    from longrl.models import hf_progress_bars_off
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with hf_progress_bars_off():
         model.save_pretrained(path, safe_serialization=True)
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -239,7 +234,7 @@ HARMLESS_CONFIG_KEYS = (
     "pipeline.eval_batch_size", "pipeline.eval_batch_tokens", "pipeline.threads", "data.cache_dir",
     "data.token_count_workers", "rl.micro_token_budget", "rl.logprob_chunk", "sft.micro_token_budget",
     "sft.loss_chunk", "rollout.endpoint", "rollout.max_concurrency", "rollout.timeout_s", "rollout.max_retries",
-    "rollout.sync_dir", "reward.judge.endpoint", "reward.judge.api_key_env", "reward.judge.concurrency",
+    "rollout.backoff_s", "rollout.max_backoff_s", "rollout.sync_dir", "reward.judge.endpoint", "reward.judge.api_key_env", "reward.judge.concurrency",
     "reward.judge.timeout_s", "reward.judge.max_retries", "reward.judge.backoff_s", "reward.judge.max_backoff_s",
     "reward.judge.cache_path", "reward.judge.batch_size",
 )

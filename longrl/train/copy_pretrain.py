@@ -27,6 +27,9 @@ from typing import Any
 
 import torch
 
+from longrl.train.optim import build_optimizer, build_scheduler
+from longrl.train.telemetry import Telemetry
+
 
 def copy_batch(gen: torch.Generator, token_ids: torch.Tensor, batch_size: int, min_span: int, max_span: int,
                max_gap: int, bos_id: int, pad_id: int, row_vocab: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,9 +82,6 @@ def pretrain_loop(model, make_batch, *, steps: int, lr: float, warmup_steps: int
     Per-step loss goes to ``run_dir/metrics.jsonl`` as ``metric``; a non-finite loss raises naming
     ``config_key``. Returns the wall time in seconds.
     """
-    from longrl.train.optim import build_optimizer, build_scheduler
-    from longrl.train.telemetry import Telemetry
-
     optimizer = build_optimizer(model, lr, weight_decay=0.0, betas=(0.9, 0.98))
     scheduler = build_scheduler(optimizer, warmup_steps, steps, "constant")
     tele = Telemetry(run_dir, total_steps=steps, description=description, tensorboard=False, progress=progress)

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from longrl.data.synth import generate
+from longrl.data.tokens import token_counter
 from longrl.train.copy_pretrain import pretrain_loop
 
 _SENTENCE = re.compile(r"[^.\n]+\.")
@@ -101,9 +103,6 @@ def recall_pretrain(model, tokenizer, cfg, *, families, run_dir: str | Path, see
     Returns ``{"recall/loss", "recall/value_acc", "recall/steps", "recall/time_s"}`` measured on the
     held-out documents after training.
     """
-    from longrl.data.synth import generate
-    from longrl.data.tokens import token_counter
-
     docs = [s.document for s in generate(cfg.documents + 64, cfg.target_tokens, seed, families, "recall",
                                          token_counter(tokenizer))]
     train_docs, held_docs = docs[:cfg.documents], docs[cfg.documents:]

@@ -42,7 +42,38 @@ from typing import Any, Protocol
 
 import torch
 
+from longrl.algo import aepo
+from longrl.algo.advantages import compute_advantages
+from longrl.algo.aepo import AEPOState, entropy_negative_mask
+from longrl.algo.filtering import DynamicBatch
+from longrl.algo.losses import merge_micro_metrics, policy_loss
+from longrl.algo.shaping import overlong_penalty
+from longrl.config import ConfigError, load_config
+from longrl.curriculum.phases import PhaseSampler
+from longrl.curriculum.samplers import PhaseSpec, source_weights
+from longrl.data.prompt import chat_prompt_ids
+from longrl.data.readers import read_sources
 from longrl.data.records import DocQASample
+from longrl.locations import check_model_config
+from longrl.models import load_policy
+from longrl.rewards.hybrid import HybridReward, RewardItem
+from longrl.rewards.judge import make_judge
+from longrl.rollout.hf import HFGenerator
+from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
+from longrl.rollout.vllm_engine import VLLMGenerator
+from longrl.rollout.vllm_server import VLLMServerGenerator
+from longrl.train.checkpoint import announce_resume, load_checkpoint, open_run, save_checkpoint
+from longrl.train.group_forward import group_logprobs
+from longrl.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    pack_by_token_budget,
+    seed_everything,
+    shard,
+    synced_update,
+)
+from longrl.train.runtime import default_accelerator, save_final
+from longrl.train.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -65,56 +96,26 @@ AccuracyCallback = Callable[[DocQASample, list[float]], None]
 """Called with every generated group's per-rollout accuracies (kept or filtered), on every process."""
 
 
-@dataclass
-class RLSettings:
-    """The knobs of one RL phase, resolved from the config and the phase's overrides."""
+def phase_config(cfg, phase: PhaseSpec | None = None, seed: int | None = None):
+    """The :class:`~longrl.config.Config` one RL run trains with: ``cfg`` with ``phase``'s steps, output budget
+    and temperature (resolved once by :func:`longrl.curriculum.resolve_phases`) and ``seed`` applied.
 
-    steps: int
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    group_size: int
-    prompts_per_step: int
-    mini_batches: int
-    epochs: int
-    micro_token_budget: int
-    logprob_chunk: int
-    shared_forward: bool
-    max_nonfinite_in_row: int
-    seed: int
-    save_every: int
-    keep_checkpoints: int
-    algo: Any
-    optim: Any
-    dynamic: Any
-    overlong: Any
-    logging: Any
-    tis_cap: float = 0.0
-    """Truncated importance-sampling cap on pi_old / mu (0 = off; needs engine log-probs)."""
+    It is the run's only source of settings, saved with its checkpoints and compared on resume."""
+    out = copy.deepcopy(cfg)
+    if phase is not None:
+        out.rl.steps = phase.steps or cfg.rl.steps
+        out.rollout.max_new_tokens = phase.max_output_tokens or cfg.rollout.max_new_tokens
+        if phase.temperature >= 0:
+            out.rollout.temperature = phase.temperature
+    if seed is not None:
+        out.seed = seed
+    return out
 
-    @classmethod
-    def from_config(cls, cfg, steps: int | None = None, max_new_tokens: int | None = None,
-                    temperature: float | None = None, seed: int | None = None) -> RLSettings:
-        """Settings from a :class:`~longrl.config.Config`; None / non-positive overrides keep the config."""
-        rl, ro = cfg.rl, cfg.rollout
-        return cls(
-            steps=rl.steps if steps is None else steps,
-            max_new_tokens=max_new_tokens or ro.max_new_tokens,
-            temperature=ro.temperature if temperature is None or temperature < 0 else temperature,
-            top_p=ro.top_p, group_size=ro.group_size, prompts_per_step=rl.prompts_per_step,
-            mini_batches=rl.mini_batches, epochs=rl.epochs, micro_token_budget=rl.micro_token_budget,
-            logprob_chunk=rl.logprob_chunk, shared_forward=rl.shared_prompt_forward,
-            max_nonfinite_in_row=rl.max_nonfinite_in_row, seed=cfg.seed if seed is None else seed,
-            save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, algo=cfg.algo, optim=rl.optim,
-            dynamic=rl.dynamic_sampling, overlong=cfg.reward.overlong, logging=cfg.logging,
-            tis_cap=ro.tis_cap,
-        )
 
-    @property
-    def needs_old_logprobs(self) -> bool:
-        """pi_old differs from pi_theta for some update, or AEPO needs old-policy entropies."""
-        return (self.mini_batches > 1 or self.epochs > 1 or self.algo.entropy_mask_threshold > 0
-                or self.algo.entropy_high > 0)
+def needs_old_logprobs(cfg) -> bool:
+    """pi_old differs from pi_theta for some update, or AEPO needs old-policy entropies."""
+    return (cfg.rl.mini_batches > 1 or cfg.rl.epochs > 1 or cfg.algo.entropy_mask_threshold > 0
+            or cfg.algo.entropy_high > 0)
 
 
 @dataclass
@@ -162,7 +163,8 @@ class Seq:
 class RLRun:
     """Everything one phase's loop touches."""
 
-    s: RLSettings
+    cfg: Any
+    """The run's config, the phase applied (:func:`phase_config`)."""
     model: Any
     tokenizer: Any
     generator: Any
@@ -207,17 +209,15 @@ def _generate_group(run: RLRun, prompt_ids: list[int], seed: int) -> list:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         run.generator.reseed(seed)
-        return run.generator.generate([prompt_ids], n=run.s.group_size, max_new_tokens=run.s.max_new_tokens,
-                                      temperature=run.s.temperature, top_p=run.s.top_p)[0]
+        return run.generator.generate([prompt_ids], n=run.cfg.rollout.group_size, max_new_tokens=run.cfg.rollout.max_new_tokens,
+                                      temperature=run.cfg.rollout.temperature, top_p=run.cfg.rollout.top_p)[0]
 
 
 def _score_groups(run: RLRun, groups: list[Group]) -> None:
     """R = reward_fn(o) + R_length(o), filled in place (one reward_fn call for all rollouts)."""
-    from longrl.algo.shaping import overlong_penalty
-
     samples = [g.sample for g in groups for _ in g.texts]
     results = run.reward_fn(samples, [t for g in groups for t in g.texts]) if samples else []
-    ov = run.s.overlong
+    ov = run.cfg.reward.overlong
     k = 0
     for g in groups:
         res = results[k:k + len(g.texts)]
@@ -227,21 +227,19 @@ def _score_groups(run: RLRun, groups: list[Group]) -> None:
         g.preds = [r.pred for r in res]
         lengths = [len(c) for c in g.completions]
         if ov.enabled:
-            buffer = min(ov.buffer_tokens, run.s.max_new_tokens)
-            g.penalties = overlong_penalty(lengths, run.s.max_new_tokens, buffer, ov.penalty_factor).tolist()
+            buffer = min(ov.buffer_tokens, run.cfg.rollout.max_new_tokens)
+            g.penalties = overlong_penalty(lengths, run.cfg.rollout.max_new_tokens, buffer, ov.penalty_factor).tolist()
         else:
             g.penalties = [0.0] * len(lengths)
 
 
 def rollout_round(run: RLRun, samples: list[DocQASample], step: int, round_idx: int) -> list[Group]:
     """Generate and score G rollouts for each prompt (this process's share), gathered to all processes."""
-    from longrl.data.prompt import chat_prompt_ids
-
     acc = run.accelerator
     groups = []
     for i in range(acc.process_index, len(samples), acc.num_processes):
         prompt = chat_prompt_ids(run.tokenizer, samples[i])
-        comps = _generate_group(run, prompt, rollout_seed(run.s.seed, step, round_idx, i))
+        comps = _generate_group(run, prompt, rollout_seed(run.cfg.seed, step, round_idx, i))
         groups.append(Group(index=round_idx * len(samples) + i, sample=samples[i], prompt_ids=prompt,
                             completions=[list(c.token_ids) for c in comps], texts=[c.text for c in comps],
                             finish=[c.finish_reason for c in comps], scores=[], accs=[], preds=[],
@@ -259,10 +257,8 @@ def collect_batch(run: RLRun, step: int) -> tuple[list[Group], list[Group], dict
 
     Returns ``(kept groups, every generated group, sampling/* metrics)``.
     """
-    from longrl.algo.filtering import DynamicBatch
-
-    ds = run.s.dynamic
-    dyn = DynamicBatch(target_groups=run.s.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
+    ds = run.cfg.rl.dynamic_sampling
+    dyn = DynamicBatch(target_groups=run.cfg.rl.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
                        on_cap=ds.on_cap)
     generated: list[Group] = []
     kept: list[Group] = []
@@ -289,8 +285,6 @@ def collect_batch(run: RLRun, step: int) -> tuple[list[Group], list[Group], dict
 # ---------------------------------------------------------------------------- 4: advantages
 def group_advantages(groups: list[Group], mode: str, eps: float) -> list[list[float]]:
     """A_i per rollout, grouped like ``groups`` (group-normalised over each prompt's rollouts)."""
-    from longrl.algo.advantages import compute_advantages
-
     rewards_N = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
     group_ids_N = [g.index for g in groups for _ in g.texts]
     task_ids_N = [g.sample.task for g in groups for _ in g.texts]
@@ -320,8 +314,6 @@ def make_pieces(seqs: list[Seq], budget: int, shared: bool) -> list[list[int]]:
 
     With the shared-prompt forward a piece costs P + sum |o_i|; without, sum (P + |o_i|).
     """
-    from longrl.train.optim import pack_by_token_budget
-
     pieces: list[list[int]] = []
     start = 0
     while start < len(seqs):
@@ -359,10 +351,8 @@ def _pad(rows: list[torch.Tensor], width: int, fill) -> torch.Tensor:
 
 def piece_logprobs(run: RLRun, model, seqs: list[Seq], with_entropy: bool):
     """``(logps_BT, entropy_BT|None, mask_BT)`` of one piece's completions under ``model``."""
-    from longrl.train.group_forward import group_logprobs
-
-    return group_logprobs(model, seqs[0].prompt_ids, [s.completion_ids for s in seqs], chunk=run.s.logprob_chunk,
-                          temperature=run.s.temperature, with_entropy=with_entropy, shared=run.s.shared_forward)
+    return group_logprobs(model, seqs[0].prompt_ids, [s.completion_ids for s in seqs], chunk=run.cfg.rl.logprob_chunk,
+                          temperature=run.cfg.rollout.temperature, with_entropy=with_entropy, shared=run.cfg.rl.shared_prompt_forward)
 
 
 @torch.no_grad()
@@ -372,14 +362,12 @@ def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> dic
 
     Every process computes every piece so all hold the same token counts for the loss denominators.
     """
-    from longrl.algo.aepo import entropy_negative_mask
-
-    a = run.s.algo
+    a = run.cfg.algo
     model = run.accelerator.unwrap_model(run.model)
     ent_sum, ent_n = 0.0, 0
     for piece in pieces:
         ps = [seqs[i] for i in piece]
-        if run.s.needs_old_logprobs:
+        if needs_old_logprobs(run.cfg):
             with_entropy = a.entropy_mask_threshold > 0 or run.aepo is not None
             logps_BT, ent_BT, mask_BT = piece_logprobs(run, model, ps, with_entropy=with_entropy)
             if a.entropy_mask_threshold > 0:
@@ -402,8 +390,6 @@ def old_policy_pass(run: RLRun, seqs: list[Seq], pieces: list[list[int]]) -> dic
 def aepo_batch_rule(run: RLRun, seqs: list[Seq], ent_sum: float, ent_n: int) -> dict[str, float]:
     """AEPO batch mode: move the hysteresis state with the batch entropy; while active, drop every
     negative-advantage sample from the update (its mask emptied)."""
-    from longrl.algo import aepo
-
     entropy = aepo.batch_mean_entropy(ent_sum, ent_n)
     dropped = 0.0
     if run.aepo.update(entropy) and seqs:
@@ -415,9 +401,7 @@ def aepo_batch_rule(run: RLRun, seqs: list[Seq], ent_sum: float, ent_n: int) -> 
 
 def piece_loss(run: RLRun, seqs: list[Seq], num_tokens: int, num_seqs: int) -> tuple[torch.Tensor, dict]:
     """This piece's share of the mini-batch objective (clipped surrogate [+ KL] [- entropy])."""
-    from longrl.algo.losses import policy_loss
-
-    a = run.s.algo
+    a = run.cfg.algo
     logps_BT, ent_BT, _ = piece_logprobs(run, run.model, seqs, with_entropy=True)
     device, width = logps_BT.device, logps_BT.shape[1]
     mask_BT = _pad([s.mask for s in seqs], width, False).to(device)
@@ -431,17 +415,14 @@ def piece_loss(run: RLRun, seqs: list[Seq], num_tokens: int, num_seqs: int) -> t
     mu_BT = _pad([s.rollout_logps for s in seqs], width, 0.0).to(device) if has_mu else None
     return policy_loss(logps_BT, old_BT, adv_B, mask_BT, clip_low=a.clip_low, clip_high=a.clip_high,
                        dual_clip=a.dual_clip, ratio_cap=a.ratio_cap, agg=a.loss_agg, num_tokens=num_tokens,
-                       num_seqs=num_seqs, norm_const=float(run.s.max_new_tokens), ref_logps_BT=ref_BT,
+                       num_seqs=num_seqs, norm_const=float(run.cfg.rollout.max_new_tokens), ref_logps_BT=ref_BT,
                        kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy_BT=ent_BT,
                        entropy_coef=a.entropy_coef, rollout_logps_BT=mu_BT,
-                       tis_cap=run.s.tis_cap if has_mu else 0.0)
+                       tis_cap=run.cfg.rollout.tis_cap if has_mu else 0.0)
 
 
 def update(run: RLRun, seqs: list[Seq], mini_batch: list[list[int]]) -> dict[str, float]:
     """theta <- AdamW(theta, grad J_mb): token-budget micro-batches, exact global token-mean, clip."""
-    from longrl.algo.losses import merge_micro_metrics
-    from longrl.train.optim import shard, synced_update
-
     members = [seqs[i] for piece in mini_batch for i in piece]
     num_tokens = int(sum(int(s.mask.sum()) for s in members))
     num_seqs = sum(1 for s in members if bool(s.mask.any()))
@@ -452,7 +433,7 @@ def update(run: RLRun, seqs: list[Seq], mini_batch: list[list[int]]) -> dict[str
         loss_ok = loss_ok and bool(torch.isfinite(loss.detach()))
         loss.backward()
         micro_metrics.append(m)
-    result = synced_update(run.params, run.optimizer, acc, run.s.optim.grad_clip, loss_ok)
+    result = synced_update(run.params, run.optimizer, acc, run.cfg.rl.optim.grad_clip, loss_ok)
     _count_nonfinite(run, result.applied)
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
@@ -470,7 +451,7 @@ def _count_nonfinite(run: RLRun, applied: bool) -> None:
     run.nonfinite_in_row += 1
     run.skipped_updates += 1
     log.warning("non-finite loss or gradient: update skipped (%d in a row)", run.nonfinite_in_row)
-    if run.nonfinite_in_row >= run.s.max_nonfinite_in_row:
+    if run.nonfinite_in_row >= run.cfg.rl.max_nonfinite_in_row:
         raise NonFiniteError(
             f"{run.nonfinite_in_row} consecutive updates had a NaN/inf loss or gradient; stopping. Lower "
             f"rl.optim.lr, check the data and rewards, or resume from the last checkpoint")
@@ -486,12 +467,12 @@ def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
     run.model.train()
     train: dict[str, float] = {}
     if kept:
-        adv = group_advantages(kept, run.s.algo.advantage, run.s.algo.eps)      # 4: A_i
+        adv = group_advantages(kept, run.cfg.algo.advantage, run.cfg.algo.eps)      # 4: A_i
         seqs = training_sequences(kept, adv)
-        pieces = make_pieces(seqs, run.s.micro_token_budget, run.s.shared_forward)
+        pieces = make_pieces(seqs, run.cfg.rl.micro_token_budget, run.cfg.rl.shared_prompt_forward)
         aepo_metrics = old_policy_pass(run, seqs, pieces)                        # 5: log pi_old, log pi_ref
         stats = [update(run, seqs, mb)                                           # 6: theta <- AdamW(grad J)
-                 for _ in range(run.s.epochs) for mb in mini_batches(pieces, seqs, run.s.mini_batches)]
+                 for _ in range(run.cfg.rl.epochs) for mb in mini_batches(pieces, seqs, run.cfg.rl.mini_batches)]
         train = _mean_metrics(stats) | aepo_metrics
     else:
         run.skipped_updates += 1
@@ -580,8 +561,6 @@ class HybridRewardFn:
         self.hybrid = hybrid
 
     def __call__(self, samples: list[DocQASample], responses: list[str]) -> list[Any]:
-        from longrl.rewards.hybrid import RewardItem
-
         items = [RewardItem(task=s.task, question=s.question, response=r, answers=list(s.answers),
                             document=s.document) for s, r in zip(samples, responses)]
         return self.hybrid.score_batch(items)
@@ -594,9 +573,6 @@ class HybridRewardFn:
 
 def make_reward_fn(reward_cfg) -> HybridRewardFn:
     """The configured hybrid reward (judge from ``reward_cfg.judge``; none when backend is 'none')."""
-    from longrl.rewards.hybrid import HybridReward
-    from longrl.rewards.judge import make_judge
-
     return HybridRewardFn(HybridReward(reward_cfg, make_judge(reward_cfg.judge)))
 
 
@@ -618,8 +594,6 @@ def _checkpoint_state(run: RLRun, extra_state: dict[str, Any]) -> dict[str, Any]
 
 def _resume(run: RLRun, path: Path | None, extra_state: dict[str, Any], run_dir: Path) -> int:
     """Restore checkpoint ``path`` (None: a fresh start); return the step to continue from."""
-    from longrl.train.checkpoint import announce_resume, load_checkpoint
-
     if path is None:
         return 0
     trainer = load_checkpoint(path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
@@ -636,31 +610,20 @@ def _resume(run: RLRun, path: Path | None, extra_state: dict[str, Any], run_dir:
     return int(trainer["step"])
 
 
-def run_config(cfg, s: RLSettings) -> dict[str, Any]:
-    """The resolved config of one RL run: ``cfg`` with the phase's overrides applied (saved, compared on resume)."""
-    d = cfg.to_dict()
-    d["seed"], d["rl"]["steps"] = s.seed, s.steps
-    d["rollout"].update(max_new_tokens=s.max_new_tokens, temperature=s.temperature)
-    return d
-
-
 def build_generator(cfg, model, tokenizer):
     """The rollout backend ``cfg.rollout.backend`` names: in-process HF, or an OpenAI-compatible server
     that reloads the policy from ``sync_dir`` every ``sync_every`` steps (see docs/rollouts.md)."""
     r = cfg.rollout
     if r.backend == "hf":
-        from longrl.rollout.hf import HFGenerator
-
         return HFGenerator(model, tokenizer, shared_prefill=r.shared_prefill)
     if r.backend in ("vllm", "vllm-server"):
         return _build_vllm_generator(cfg, model, tokenizer)
-    from longrl.rollout.openai import OpenAIGenerator, OpenAIGeneratorConfig
 
     return OpenAIGenerator(OpenAIGeneratorConfig(
         base_url=r.endpoint, model=r.model or cfg.model.path, prompt_format=r.prompt_format, split_n=r.split_n,
-        extra_body=dict(r.extra_body), max_concurrency=r.max_concurrency, timeout_s=r.timeout_s,
-        max_retries=r.max_retries, sync_dir=r.sync_dir or str(Path(cfg.output_dir) / "rollout_policy"),
-        sync_every=r.sync_every, reload_path=r.reload_path), tokenizer)
+        extra_body=dict(r.extra_body), max_concurrency=r.max_concurrency, http=r.http_policy(),
+        sync_dir=r.sync_dir or str(Path(cfg.output_dir) / "rollout_policy"), sync_every=r.sync_every,
+        reload_path=r.reload_path), tokenizer)
 
 
 def _build_vllm_generator(cfg, model, tokenizer):
@@ -671,47 +634,42 @@ def _build_vllm_generator(cfg, model, tokenizer):
     common = dict(model_path=cfg.model.path, dtype=r.vllm_dtype, enforce_eager=r.vllm_enforce_eager,
                   max_model_len=r.vllm_max_model_len, kv_cache_gib=r.vllm_kv_cache_gib, seed=cfg.seed)
     if r.backend == "vllm":
-        from longrl.rollout.vllm_engine import VLLMGenerator
-
         return VLLMGenerator(getattr(model, "module", model), tokenizer, **common,
                              gpu_memory_utilization=r.vllm_gpu_memory_utilization, sleep=r.vllm_sleep)
-    from longrl.rollout.vllm_server import VLLMServerGenerator
 
     return VLLMServerGenerator(getattr(model, "module", model), tokenizer, **common, endpoint=r.endpoint,
                                python=r.vllm_python, server_args=list(r.vllm_server_args),
-                               startup_timeout_s=r.vllm_startup_timeout_s, timeout_s=r.timeout_s,
-                               max_retries=r.max_retries, max_concurrency=r.max_concurrency, sync_dir=r.sync_dir)
+                               startup_timeout_s=r.vllm_startup_timeout_s, http_policy=r.http_policy(),
+                               max_concurrency=r.max_concurrency, sync_dir=r.sync_dir)
 
 
-def _build_run(model, tokenizer, sampler, reward_fn, s: RLSettings, cfg, generator, ref_model,
-               on_accuracies, accelerator) -> RLRun:
-    from longrl.algo.aepo import AEPOState
-    from longrl.train.optim import build_optimizer, build_scheduler
-
-    if s.algo.kl_coef > 0 and ref_model is None:
+def _build_run(model, tokenizer, sampler, reward_fn, cfg, generator, ref_model, on_accuracies,
+               accelerator) -> RLRun:
+    if cfg.algo.kl_coef > 0 and ref_model is None:
         ref_model = _frozen_copy(accelerator.unwrap_model(model))
     if generator is None:
         generator = build_generator(cfg, model, tokenizer)
-    o = s.optim
+    o = cfg.rl.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, tuple(o.betas))
-    scheduler = build_scheduler(optimizer, o.warmup_steps, s.steps, o.schedule)
+    scheduler = build_scheduler(optimizer, o.warmup_steps, cfg.rl.steps, o.schedule)
     params = [p for p in model.parameters() if p.requires_grad]
-    aepo = AEPOState(s.algo.entropy_low, s.algo.entropy_high) if s.algo.entropy_high > 0 else None
-    return RLRun(s=s, model=model, tokenizer=tokenizer, generator=generator, reward_fn=reward_fn,
+    aepo = AEPOState(cfg.algo.entropy_low, cfg.algo.entropy_high) if cfg.algo.entropy_high > 0 else None
+    return RLRun(cfg=cfg, model=model, tokenizer=tokenizer, generator=generator, reward_fn=reward_fn,
                  sampler=sampler, accelerator=accelerator, optimizer=optimizer, scheduler=scheduler,
                  params=params, ref_model=ref_model, on_accuracies=on_accuracies, aepo=aepo)
 
 
 def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, *, run_dir: str | Path,
-             steps: int | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
-             seed: int | None = None, on_accuracies: AccuracyCallback | None = None, generator=None,
+             phase: PhaseSpec | None = None, seed: int | None = None,
+             on_accuracies: AccuracyCallback | None = None, generator=None,
              ref_model=None, extra_state: dict[str, Any] | None = None, accelerator=None,
              allow_config_change: bool = False) -> RLResult:
     """Run (or resume, or re-enter after completion) one RL phase on ``model`` in place.
 
     ``cfg`` is the :class:`~longrl.config.Config` (algo, rl, rollout, reward.overlong, logging, seed,
-    save_every, keep_checkpoints); ``steps`` / ``max_new_tokens`` / ``temperature`` / ``seed`` override
-    it for this phase (None keeps the config; a negative temperature too). ``sampler.next_batch()``
+    save_every, keep_checkpoints); ``phase`` (a curriculum phase as :func:`longrl.curriculum.resolve_phases`
+    resolved it: ``CurriculumSampler.spec``) sets its steps, output budget and temperature, ``seed`` the seed
+    (:func:`phase_config`; None keeps the config). ``sampler.next_batch()``
     must return ``rl.prompts_per_step`` samples. ``on_accuracies(sample, accs)`` sees every generated
     group. ``extra_state`` maps names to objects with ``state_dict`` / ``load_state_dict`` (e.g. the
     retrospective pool) saved in and restored from the phase's checkpoints. ``ref_model`` (or a frozen
@@ -725,57 +683,53 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
     final metrics, and left untouched. The final model + tokenizer are written to ``run_dir/final``.
     Every process must call this with the same arguments.
     """
-    from longrl.train.checkpoint import open_run
-    from longrl.train.optim import seed_everything
-    from longrl.train.runtime import default_accelerator, save_final
-
     accelerator = accelerator or default_accelerator()
-    s = RLSettings.from_config(cfg, steps, max_new_tokens, temperature, seed)
+    source_of = cfg.source_of
+    cfg = phase_config(cfg, phase, seed)
+    steps = cfg.rl.steps
     run_dir, extra_state = Path(run_dir), extra_state or {}
-    ckpt = open_run(run_dir, run_config(cfg, s), allow_change=allow_config_change, source_of=cfg.source_of,
+    ckpt = open_run(run_dir, cfg.to_dict(), allow_change=allow_config_change, source_of=source_of,
                     main=accelerator.is_main_process)
-    seed_everything(s.seed)
+    seed_everything(cfg.seed)
     own_generator = generator is None
-    run = _build_run(model, tokenizer, sampler, reward_fn, s, cfg, generator, ref_model, on_accuracies, accelerator)
+    run = _build_run(model, tokenizer, sampler, reward_fn, cfg, generator, ref_model, on_accuracies, accelerator)
     try:
         start = _resume(run, ckpt, extra_state, run_dir)
-        if start >= s.steps and (run_dir / "final").is_dir():
+        if start >= steps and (run_dir / "final").is_dir():
             if accelerator.is_main_process:
                 print(f"{run_dir}: already complete at step {start}; nothing to do", file=sys.stderr)
-            return RLResult(steps=s.steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
+            return RLResult(steps=steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
                             skipped_updates=run.skipped_updates, already_complete=True)
-        if start < s.steps:
+        if start < steps:
             run.generator.sync_weights(accelerator.unwrap_model(run.model))  # the engine starts from model.path
-        metrics = _loop(run, run_dir, start, extra_state, cfg.to_dict())
+        metrics = _loop(run, run_dir, start, extra_state)
     finally:
         if own_generator:
             run.generator.close()
     final = save_final(model, tokenizer, run_dir / "final", accelerator)
-    return RLResult(steps=s.steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
+    return RLResult(steps=steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
 
 
-def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any], config: dict) -> dict[str, float]:
-    """Steps ``start .. s.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
-    from longrl.train.checkpoint import save_checkpoint
-    from longrl.train.telemetry import Telemetry
-
-    s, lc = run.s, run.s.logging
-    tel = Telemetry(run_dir, total_steps=s.steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
+def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any]) -> dict[str, float]:
+    """Steps ``start .. rl.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
+    c, lc = run.cfg, run.cfg.logging
+    steps = c.rl.steps
+    tel = Telemetry(run_dir, total_steps=steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
                     tensorboard=lc.tensorboard, wandb_project=lc.wandb_project, progress=lc.progress,
-                    enabled=run.accelerator.is_main_process, config=config)
+                    enabled=run.accelerator.is_main_process, config=c.to_dict())
     metrics = dict(run.last_metrics)
     try:
-        for step in range(start, s.steps):
+        for step in range(start, steps):
             metrics, generated = rl_step(run, step)
             run.last_metrics = metrics
-            if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == s.steps):
+            if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == steps):
                 tel.log(step + 1, metrics)
             if lc.rollout_samples_every and (step + 1) % lc.rollout_samples_every == 0:
                 tel.write_samples(step + 1, sample_records(generated, lc.rollout_samples))
-            if (s.save_every and (step + 1) % s.save_every == 0) or step + 1 == s.steps:
+            if (c.save_every and (step + 1) % c.save_every == 0) or step + 1 == steps:
                 save_checkpoint(run_dir / "checkpoints", step + 1, model=run.model, optimizer=run.optimizer,
                                 scheduler=run.scheduler, state=_checkpoint_state(run, extra_state),
-                                accelerator=run.accelerator, keep=s.keep_checkpoints)
+                                accelerator=run.accelerator, keep=c.keep_checkpoints)
     finally:
         tel.close()
     return metrics
@@ -791,14 +745,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`longrl rl`: one RL stage over data.sources, written to <output_dir>/rl (resumable)."""
-    from longrl.config import ConfigError, load_config
-    from longrl.curriculum.phases import PhaseSampler
-    from longrl.curriculum.samplers import source_weights
-    from longrl.data.readers import read_sources
-    from longrl.locations import check_model_config
-    from longrl.models import load_policy
-    from longrl.train.runtime import default_accelerator
-
     cfg = load_config(args.config, args.overrides)
     check_model_config(cfg)
     if not cfg.data.sources:

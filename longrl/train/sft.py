@@ -300,12 +300,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def init_tiny_model(path: str, samples: list[DocQASample], hidden: int, layers: int) -> None:
-    """Build and save a tiny tokenizer + Qwen2 model trained on ``samples``' texts at ``path``."""
-    from longrl.models import build_tiny_model, build_tiny_tokenizer, save_pretrained_dir
+    """Save at ``path`` the from-scratch policy (:func:`longrl.models.build_tiny_policy`) whose tokenizer is
+    trained on ``samples``' texts."""
+    from longrl.models import build_tiny_policy, save_pretrained_dir
 
     texts = [t for s in samples for t in (s.document, s.question, sft_target(s))]
-    tok = build_tiny_tokenizer(texts)
-    model = build_tiny_model(tok, hidden_size=hidden, num_layers=layers)
+    model, tok = build_tiny_policy(texts, hidden_size=hidden, num_layers=layers)
     save_pretrained_dir(model, tok, path)
 
 

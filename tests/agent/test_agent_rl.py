@@ -68,8 +68,8 @@ def test_the_hybrid_reward_scores_the_answer_turn_and_gives_nothing_for_an_empty
     trajs = [Trajectory([memory, _turn("answer", [3], [4])]) for _ in answers]
     for t, text in zip(trajs, answers):
         t.turns[-1].output = text
-    run = type("R", (), {})()
-    run.reward_fn, run.s = make_reward_fn(cfg.reward), type("S", (), {"overlong": cfg.reward.overlong})()
+    run = type("R", (), {})()  # the two fields score_groups reads
+    run.reward_fn, run.cfg = make_reward_fn(cfg.reward), cfg
     agent = agent_rl.MemoryAgent(tok, cfg.agent, max_new_tokens=16)
     g = AgentGroup(0, _sample(0), trajs)
     score_groups(run, agent, [g])
@@ -82,16 +82,16 @@ def _cfg(*extra: str):
 
 
 def test_agent_rl_trains_on_every_turn(tiny_model_dir, tmp_path, monkeypatch):
-    import longrl.algo.losses as losses
+    import longrl.train.rl as rl
 
     seen_tokens: list[int] = []
-    real = losses.policy_loss
+    real = rl.policy_loss
 
     def spy(*args, **kwargs):
         seen_tokens.append(kwargs["num_tokens"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(losses, "policy_loss", spy)
+    monkeypatch.setattr(rl, "policy_loss", spy)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}

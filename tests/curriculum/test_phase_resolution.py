@@ -90,3 +90,26 @@ def test_unequal_weights_need_matching_source_names(tmp_path):
 
 def test_pipeline_data_type_still_builds():
     assert PipelineData(sft=[], rl=[]).phases == {}
+
+
+def test_phase_spec_carries_steps_budget_and_temperature_to_the_run_config(tmp_path):
+    """One resolution: a phase's steps / output budget / temperature, or the run's defaults, reach the config
+    train_rl trains with (and saves, and compares on resume)."""
+    from longrl.train.rl import phase_config
+
+    src = write_source(tmp_path / "s.jsonl", "s", 20, 10)
+    phases = json.dumps([{"name": "a", "max_input_tokens": 20},
+                         {"name": "b", "max_input_tokens": 40, "steps": 7, "max_output_tokens": 99,
+                          "temperature": 0.3}])
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f'data.sources=[{{"path": "{src}"}}]',
+                             f"curriculum.phases={phases}", "rl.steps=5", "rollout.max_new_tokens=330",
+                             "rollout.temperature=0.9", "reward.overlong.buffer_tokens=16"])
+    from longrl.pipeline import file_data
+
+    a, b = CurriculumSampler.for_run(file_data(cfg).rl, cfg).phases
+    assert (a.steps, a.max_output_tokens, a.temperature) == (5, 330, 0.9)
+    assert (b.steps, b.max_output_tokens, b.temperature) == (7, 99, 0.3)
+    run_a, run_b = phase_config(cfg, a), phase_config(cfg, b, seed=11)
+    assert (run_a.rl.steps, run_a.rollout.max_new_tokens, run_a.rollout.temperature, run_a.seed) == (5, 330, 0.9, 0)
+    assert (run_b.rl.steps, run_b.rollout.max_new_tokens, run_b.rollout.temperature, run_b.seed) == (7, 99, 0.3, 11)
+    assert (cfg.rl.steps, cfg.rollout.temperature) == (5, 0.9)          # the run's config is left alone

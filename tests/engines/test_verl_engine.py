@@ -3,8 +3,10 @@ environment ``.ci/venv-verl.sh`` makes; never skipped -- without verl these test
 
 verl's trainer cannot run on CPU (no CPU platform, no HF rollout), so ``test_phase_orchestration_*`` replaces
 the verl launch -- and only it -- by a stand-in that writes what verl writes (checkpoint tracker and
-step folders, rollout dumps through verl's own dump code, the merged HF model). Everything else here is
-verl's own code: its hydra config and validation, reward manager, ``compute_advantage``, loss registry.
+step folders, rollout dumps through verl's own dump code, the merged HF model), and the AEPO checkpoint
+test stands in for the FSDP actor worker group. Everything else here is verl's own code: its hydra
+config and validation, reward manager, ``compute_advantage``, loss registry and actor ``ppo_loss``, its
+trainer's tokenizer / dataloader set-up and TransferQueue (on a local CPU Ray).
 """
 
 from __future__ import annotations
@@ -171,6 +173,208 @@ def test_registered_loss_through_verl_dispatch(mode, agg, dual):
     assert new.grad is not None and bool(new.grad.abs().sum() > 0)
 
 
+# ---------------------------------------------------------------------------- task-level std and AEPO
+TASK_MIX = ["qa", "numeric", "mcq", "qa", "numeric", "qa"]
+
+
+def task_samples():
+    from longrl.data.records import DocQASample
+
+    return [DocQASample(f"s{i}", "docmath" if task == "numeric" else "synthetic", task, f"Document {i} says {i}.",
+                        f"What does document {i} say?", [str(i)]) for i, task in enumerate(TASK_MIX)]
+
+
+def longrl_trainer(tmp_path, model_dir, overrides: list[str], samples=None):
+    """The trainer verl's TaskRunnerV1 would build for the composed phase config (``get_trainer_cls`` by
+    ``trainer.v1.trainer_mode``), with verl's own tokenizer and dataloader over longrl's phase parquet;
+    its worker groups, vLLM servers and TransferQueue are not built (GPU / Ray)."""
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    from longrl.data.readers import write_verl_parquet
+
+    samples = samples or task_samples()
+    write_verl_parquet(samples, tmp_path / "train.parquet")
+    cfg, cfg_file = write_cfg(tmp_path, "configs/demo_cpu.yaml",
+                              [ACCEPT, "rl.dynamic_sampling.enabled=false", f"rl.prompts_per_step={len(samples)}",
+                               "rl.mini_batches=1", "rollout.group_size=2",
+                               "verl.extra_overrides=[data.dataloader_num_workers=0]", *overrides])
+    vc = compose_verl(phase_overrides(cfg, phase_job(tmp_path, cfg_file, model_path=str(model_dir))))
+    validate_config(vc, need_reference_policy(vc), need_critic(vc))
+    trainer = get_trainer_cls(vc.trainer.v1.trainer_mode)(config=vc)
+    trainer._init_tokenizer()
+    trainer._init_dataloader()
+    trainer.global_steps = 1
+    return trainer, vc, samples
+
+
+def rollouts(uids, group: int, seed: int, pad: int = 1):
+    """A DataProto as verl's ``_compute_advantage`` builds it: ``group`` rollouts per uid (0/1 scores on
+    the last response token) plus ``pad`` synthetic padding rows (verl's ``pad<hex>`` uid, empty mask)."""
+    g = torch.Generator().manual_seed(seed)
+    index = [u for u in uids for _ in range(group)]
+    n, T = len(index), 7
+    scores = torch.rand(n, generator=g).round()
+    len_N = torch.randint(2, T + 1, (n,), generator=g)
+    mask = (torch.arange(T)[None, :] < len_N[:, None]).float()
+    rewards = torch.zeros(n, T)
+    rewards[torch.arange(n), len_N - 1] = scores
+    mask = torch.cat([mask, torch.zeros(pad, T)])
+    rewards = torch.cat([rewards, torch.zeros(pad, T)])
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
+                               non_tensors={"uid": np.array(index + ["pad0"] * pad, dtype=object)})
+    return data, scores, index
+
+
+def test_task_std_through_verl_dataloader_and_compute_advantage(tmp_path, tiny_model_dir):
+    """The task of each prompt reaches ``longrl_task_std`` through longrl's trainer: verl's dataloader
+    reads longrl's parquet, ``_fetch_one_gen_batch`` gives uids and records tasks, verl's
+    ``compute_advantage`` calls the estimator; the numbers equal ``compute_advantages(mode="task_std")``
+    with the samples' own tasks."""
+    from verl.utils import tensordict_utils as tu
+
+    from longrl.engines.verl.trainer import LongrlTrainer
+
+    trainer, vc, samples = longrl_trainer(tmp_path, tiny_model_dir, ["algo.advantage=task_std"])
+    assert isinstance(trainer, LongrlTrainer) and trainer.trainer_mode == "sync"
+    assert vc.algorithm.adv_estimator == "longrl_task_std"
+    batch = trainer._fetch_one_gen_batch()
+    uids = tu.get(batch, "uid")
+    by_uid = dict(zip(uids, samples, strict=True))  # data.shuffle=false: parquet order
+    data, scores, index = rollouts(uids, group=2, seed=3)
+    out = compute_advantage(data, adv_estimator=vc.algorithm.adv_estimator, config=vc.algorithm)
+    real = len(index)
+    want = compute_advantages(scores, index, mode="task_std", eps=1e-6, task_ids_N=[by_uid[u].task for u in index])
+    torch.testing.assert_close(out.batch["advantages"][:real], want[:, None] * data.batch["response_mask"][:real])
+    assert float(out.batch["advantages"][real:].abs().sum()) == 0.0  # verl's padding row: no part, no signal
+    grpo_like = compute_advantages(scores, index, mode="batch_std", eps=1e-6)
+    assert not torch.allclose(want, grpo_like)  # the per-task stds differ from the batch's
+
+
+def test_task_std_without_longrl_trainer_is_an_error_naming_the_trainer_mode():
+    data, _, _ = rollouts(["never-drawn-a", "never-drawn-b"], group=2, seed=4)
+    with pytest.raises(LookupError, match=r"trainer\.v1\.trainer_mode=longrl"):
+        compute_advantage(data, adv_estimator="longrl_task_std", config=omega_conf_to_dataclass(compose_verl([]).algorithm))
+
+
+AEPO_BAND = ["algo.entropy_mask_level=batch", "algo.entropy_low=0.3", "algo.entropy_high=0.9"]
+
+
+@pytest.fixture(scope="module")
+def transfer_queue():
+    """verl's TransferQueue (controller + one storage unit) on a local CPU Ray, as TaskRunnerV1 starts it."""
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    yield tq
+    tq.close()
+    ray.shutdown()
+
+
+def nested(rows_BT, len_B):
+    return torch.nested.as_nested_tensor([r[:n] for r, n in zip(rows_BT, len_B, strict=True)], layout=torch.jagged)
+
+
+def test_aepo_in_longrl_trainer_step_on_verl_transfer_queue(tmp_path, tiny_model_dir, transfer_queue):
+    """verl's ``_compute_advantage`` (through longrl's trainer) on the TransferQueue fields verl's rollout and
+    old-log-prob steps leave there: the advantages are longrl's, the ``response_mask`` / ``loss_mask`` the
+    actor reads carry the own trainer's AEPO rule, step after step across the hysteresis band, and verl's
+    actor loss on them equals longrl's token-mean loss with the AEPO mask (dropped tokens out of the
+    denominator). The rollout and old-log-prob steps themselves need GPUs: their outputs are put directly."""
+    from tensordict import NonTensorData, NonTensorStack, TensorDict
+    from transfer_queue import KVBatchMeta
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.losses import ppo_loss
+
+    from longrl.algo.aepo import AEPOState, drop_negative_samples
+
+    tq = transfer_queue
+    trainer, vc, _ = longrl_trainer(tmp_path, tiny_model_dir, AEPO_BAND)
+    actor_cfg = omega_conf_to_dataclass(vc.actor_rollout_ref.actor)
+    assert trainer.aepo is not None and (trainer.aepo.state.low, trainer.aepo.state.high) == (0.3, 0.9)
+    uids = tu.get(trainer._fetch_one_gen_batch(), "uid")
+    own = AEPOState(0.3, 0.9)
+    seen = []
+    for step, level in enumerate([1.2, 0.6, 0.1, 0.6, 1.0]):  # above high, band, below low, band, above
+        data, scores, index = rollouts(uids, group=2, seed=10 + step, pad=0)
+        mask_BT = data.batch["response_mask"]
+        len_B = mask_BT.sum(-1).long().tolist()
+        g = torch.Generator().manual_seed(step)
+        ent_BT = level + 0.05 * torch.randn(mask_BT.shape, generator=g)
+        keys = [f"{u}_{k % 2}_0" for k, u in enumerate(index)]
+        old_BT = -torch.rand(mask_BT.shape, generator=g)
+        fields = TensorDict({
+            "uid": NonTensorStack.from_list([NonTensorData(u) for u in index]),
+            "prompts": nested(torch.full((len(keys), 3), 5), [3] * len(keys)),
+            "responses": nested(torch.full(mask_BT.shape, 7), len_B),
+            "response_mask": nested(mask_BT.long(), len_B), "loss_mask": nested(mask_BT.long(), len_B),
+            "rm_scores": nested(data.batch["token_level_rewards"], len_B),
+            "old_log_probs": nested(old_BT, len_B), "entropy": nested(ent_BT, len_B)}, batch_size=len(keys))
+        tq.kv_batch_put(keys=keys, partition_id="train", fields=fields, tags=[{} for _ in keys])
+        metrics: dict = {}
+        trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics)
+        back = tq.kv_batch_get(keys=keys, partition_id="train",
+                               select_fields=["advantages", "response_mask", "loss_mask"]).to_padded_tensor()
+        adv_N = compute_advantages(scores, index, mode="grpo", eps=1e-6)
+        torch.testing.assert_close(back["advantages"], adv_N[:, None] * mask_BT)
+        active = mask_BT.bool()
+        on = own.update(float(ent_BT[active].sum()) / int(active.sum()))  # the own trainer's batch rule
+        want_BT = drop_negative_samples(adv_N, mask_BT)[0] if on else mask_BT
+        assert torch.equal(back["response_mask"].float(), want_BT) and torch.equal(back["loss_mask"].float(), want_BT)
+        assert metrics["aepo/active"] == float(on)
+        assert metrics["aepo/dropped_frac"] == (pytest.approx(float((adv_N < 0).float().mean())) if on else 0.0)
+        # the actor's loss on what it reads back: verl's ppo_loss with the global token count verl's FSDP
+        # engine takes from loss_mask (one rank, the whole step as one mini-batch) = longrl's loss with the mask
+        micro = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=[
+            "prompts", "responses", "response_mask", "loss_mask", "old_log_probs", "advantages"])
+        tu.assign_non_tensor(micro, dp_size=1, batch_num_tokens=int(micro["loss_mask"].values().sum()),
+                             global_batch_size=len(keys))
+        new_BT = old_BT + 0.3 * torch.randn(mask_BT.shape, generator=g)
+        seq_lp = [torch.cat([torch.zeros(2), new_BT[b, :n], torch.zeros(1)]) for b, n in enumerate(len_B)]
+        loss, _ = ppo_loss(actor_cfg, {"log_probs": torch.nested.as_nested_tensor(seq_lp, layout=torch.jagged)},
+                           micro)
+        ratio_BT = torch.where(want_BT.bool(), new_BT - old_BT, 0.0).exp()
+        want_loss = aggregate(clipped_surrogate(ratio_BT, adv_N[:, None], 0.2, 0.28), want_BT, "token-mean")
+        torch.testing.assert_close(loss, want_loss)
+        seen.append(on)
+        tq.kv_clear(keys=keys, partition_id="train")
+    assert seen == [True, True, False, False, True]
+
+
+class ActorWorkerGroupStandIn:
+    """Stands in for verl's FSDP actor worker group (Ray workers on GPUs): records the checkpoint calls and
+    makes the folder verl's checkpoint manager would."""
+
+    def __init__(self):
+        self.calls = []
+
+    def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
+        os.makedirs(local_path, exist_ok=True)
+        self.calls.append(("save", local_path, global_step))
+
+    def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False):
+        self.calls.append(("load", local_path))
+
+
+def test_aepo_state_survives_verl_checkpoint_and_resume(tmp_path, tiny_model_dir):
+    trainer, vc, _ = longrl_trainer(tmp_path, tiny_model_dir, AEPO_BAND)
+    trainer.actor_rollout_wg = ActorWorkerGroupStandIn()
+    trainer.aepo.state.update(1.5)  # above high: dropping
+    trainer.global_steps = 2
+    trainer._save_checkpoint()
+    ckpt = Path(vc.trainer.default_local_dir)
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert json.loads((ckpt / "global_step_2" / "longrl_aepo.json").read_text()) == {"active": True}
+    resumed, _, _ = longrl_trainer(tmp_path, tiny_model_dir, AEPO_BAND)
+    resumed.actor_rollout_wg = ActorWorkerGroupStandIn()
+    assert resumed.aepo.state.active is False
+    resumed._load_checkpoint()
+    assert resumed.global_steps == 2 and resumed.aepo.state.active is True
+    assert resumed.actor_rollout_wg.calls == [("load", str(ckpt / "global_step_2" / "actor"))]
+
+
 # ---------------------------------------------------------------------------- rollout dumps
 def synth_samples(tokenizer, n: int, tokens: int, split: str):
     from longrl.data.synth import generate
@@ -310,15 +514,18 @@ def test_killed_phase_restarts_from_verl_checkpoint(tmp_path, tiny_model_dir, ti
 
 
 def test_plugins_load_in_any_verl_process_through_the_entry_point():
-    """A fresh process that imports only verl (as verl's Ray driver and workers do) has longrl's estimators
-    and losses registered: verl loads the "verl.plugins" entry point longrl's pyproject declares."""
+    """A fresh process that imports only verl (as verl's Ray driver, its TaskRunner and workers do) has
+    longrl's estimators, losses and trainer mode registered: verl loads the "verl.plugins" entry point
+    longrl's pyproject declares."""
     import subprocess
     import sys
 
     code = ("import sys, verl; from verl.trainer.ppo import core_algos as c; "
             "assert 'longrl' not in sys.argv[0]; "
+            "from verl.trainer.ppo.v1 import get_trainer_cls; "
             "print(sorted(k for k in c.ADV_ESTIMATOR_REGISTRY if k.startswith('longrl')), "
-            "sorted(k for k in c.POLICY_LOSS_REGISTRY if k.startswith('longrl')))")
+            "sorted(k for k in c.POLICY_LOSS_REGISTRY if k.startswith('longrl')), get_trainer_cls('longrl').__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "auto"}, check=True).stdout
-    assert "['longrl_batch_std', 'longrl_drgrpo', 'longrl_grpo'] ['longrl', 'longrl_dual_clip']" in out
+    assert ("['longrl_batch_std', 'longrl_drgrpo', 'longrl_grpo', 'longrl_task_std'] ['longrl', 'longrl_dual_clip'] "
+            "LongrlTrainer") in out

@@ -42,8 +42,6 @@ def test_32b_recipe_carries_the_official_script_numbers():
 
 
 @pytest.mark.parametrize("override, key", [
-    ("algo.advantage=task_std", "algo.advantage"),
-    ("algo.entropy_mask_threshold=0.5", "algo.entropy_mask_threshold"),
     ("algo.ratio_cap=3.0", "algo.ratio_cap"),
     ("rl.optim.schedule=linear", "rl.optim.schedule"),
     ("algo.eps=1e-4", "algo.eps"),
@@ -52,6 +50,46 @@ def test_inexpressible_field_is_an_error_naming_it(override, key):
     cfg = load_config("configs/demo_cpu.yaml", [ACCEPT, override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         phase_overrides(cfg, job())
+
+
+AEPO_BATCH = ["algo.entropy_mask_level=batch", "algo.entropy_low=0.3", "algo.entropy_high=0.9"]
+
+
+@pytest.mark.parametrize("aepo", [AEPO_BATCH, ["algo.entropy_mask_threshold=0.5"]])
+def test_aepo_with_a_sequence_mean_loss_is_an_error_naming_loss_agg(aepo):
+    cfg = load_config("configs/demo_cpu.yaml", [ACCEPT, "algo.loss_agg=seq-mean-token-mean", *aepo])
+    with pytest.raises(ConfigError, match=r"algo\.loss_agg.*AEPO"):
+        phase_overrides(cfg, job())
+    phase_overrides(load_config("configs/demo_cpu.yaml", [ACCEPT, "algo.loss_agg=seq-mean-token-mean"]), job())
+
+
+def test_inexpressible_config_stops_the_verl_pipeline_before_any_stage(tmp_path, capsys):
+    from longrl.cli import main
+
+    rc = main(["pipeline", "configs/demo_cpu.yaml", ACCEPT, "algo.entropy_mask_threshold=0.5",
+               "algo.loss_agg=seq-mean-token-mean", f"output_dir={tmp_path}", "--engine", "verl", "--dry-run"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "algo.loss_agg" in captured.err
+    assert "# stage" not in captured.out  # nothing planned (or, without --dry-run, run) before the error
+
+
+def test_task_std_and_aepo_select_longrl_trainer_and_carry_the_band():
+    plain = as_dict(phase_overrides(load_config("configs/demo_cpu.yaml", [ACCEPT]), job()))
+    assert "trainer.v1.trainer_mode" not in plain and not any(k.startswith("+longrl.") for k in plain)
+    task = as_dict(phase_overrides(load_config("configs/demo_cpu.yaml", [ACCEPT, "algo.advantage=task_std"]), job()))
+    assert task["algorithm.adv_estimator"] == "longrl_task_std" and task["trainer.v1.trainer_mode"] == "longrl"
+    assert not any(k.startswith("+longrl.aepo") for k in task)
+    band = as_dict(phase_overrides(load_config("configs/demo_cpu.yaml", [ACCEPT, *AEPO_BATCH]), job()))
+    assert band["trainer.v1.trainer_mode"] == "longrl" and band["algorithm.adv_estimator"] == "longrl_grpo"
+    assert {k: band[k] for k in band if k.startswith("+longrl.aepo.")} == {
+        "+longrl.aepo.level": "batch", "+longrl.aepo.threshold": "0.0", "+longrl.aepo.low": "0.3",
+        "+longrl.aepo.high": "0.9"}
+    with pytest.raises(ConfigError, match=r"verl\.extra_overrides"):
+        phase_overrides(load_config("configs/demo_cpu.yaml", [ACCEPT, "algo.advantage=task_std",
+                                                              "verl.extra_overrides=[trainer.v1.trainer_mode=sync]"]), job())
+    tok = as_dict(phase_overrides(load_config("configs/demo_cpu.yaml", [ACCEPT, "algo.entropy_mask_threshold=0.5",
+                                                                       "algo.entropy_mask_level=sequence"]), job()))
+    assert (tok["+longrl.aepo.level"], tok["+longrl.aepo.threshold"]) == ("sequence", "0.5")
 
 
 def test_uncapped_dynamic_sampling_needs_explicit_acceptance():

@@ -117,7 +117,7 @@ def wrong_items(n: int) -> list[RewardItem]:
 
 
 def test_batch_with_retries_on_429_and_503(fake_server):
-    for status in (429, 503):
+    for status in (408, 429, 503):
         srv = fake_server(fail_first=2, fail_status=status)
         judge = OpenAIJudge(judge_cfg(srv.base_url, concurrency=1))
         assert judge.judge_many(reqs(4)) == [True, False, True, False]
@@ -175,6 +175,22 @@ def test_judge_cli_writes_verdicts(fake_server, tmp_path, capsys):
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(g["id"], g["verdict"]) for g in got] == [(1, True), (2, True), (3, False)]
     assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["yes"] == 2
+
+
+@pytest.mark.parametrize("lines, where, field", [
+    (['{"question": "q", "prediction": "p", "gold": "g"}', "{not json"], ":line 2:", "<json>"),
+    (['{"question": "q", "prediction": "p", "gold": "g"}', "", '["a list"]'], ":line 3:", "<json>"),
+    (['{"question": "q", "prediction": "p", "gold": "g"}', '{"question": "q", "prediction": "p", "gold": []}'],
+     ":record 2:", "gold"),
+    (['{"question": "q", "gold": "g"}'], ":record 1:", "prediction"),
+])
+def test_judge_cli_names_the_bad_row_before_judging(tmp_path, lines, where, field):
+    from longrl.data.records import RecordError
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecordError, match=rf"{re.escape(str(pairs) + where)} field '{re.escape(field)}'"):
+        judge_cli._read_pairs(pairs)
 
 
 def _judge_in_thread(judge, batch):

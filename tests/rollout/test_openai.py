@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from longrl.http import HttpPolicy
 from longrl.rollout.openai import GenerationError, OpenAIGenerator, OpenAIGeneratorConfig
 from tests.conftest import free_port
 
@@ -47,7 +46,7 @@ def served(openai_server, tiny_model_dir):
 
 def _generator(served, **kw) -> OpenAIGenerator:
     base, model, tok = served
-    kw = {"prompt_format": "text", "split_n": True, "timeout_s": 60, "max_retries": 0, **kw}
+    kw = {"prompt_format": "text", "split_n": True, "http": HttpPolicy(timeout_s=60, max_retries=0), **kw}
     return OpenAIGenerator(OpenAIGeneratorConfig(base_url=base, model=model, **kw), tok)
 
 
@@ -110,7 +109,7 @@ def test_server_limits_give_clear_errors(served):
     prompt = _chat_ids(tok, QUESTIONS[0])
     with pytest.raises(GenerationError, match=r"/v1/completions: HTTP 400.*prompt must be a string"):
         _generator(served, prompt_format="ids").generate([prompt], n=1, max_new_tokens=2)
-    with pytest.raises(GenerationError, match=r"/v1/completions: expected 2 choices, got 1.*split_n"):
+    with pytest.raises(GenerationError, match=r"/v1/completions: malformed answer: expected 2 choices, got 1.*split_n"):
         _generator(served, split_n=False).generate([prompt], n=2, max_new_tokens=2)
     with pytest.raises(GenerationError, match="HTTP 422"):  # unknown fields are refused, not retried
         _generator(served, extra_body={"return_token_ids": True}).generate([prompt], n=1, max_new_tokens=2)
@@ -122,7 +121,8 @@ def test_update_weights_reloads_the_server(openai_server, tiny_model_dir, tmp_pa
     base, _ = openai_server(sync_dir)
     tok = AutoTokenizer.from_pretrained(sync_dir)
     gen = OpenAIGenerator(OpenAIGeneratorConfig(base_url=base, model=str(sync_dir), prompt_format="text",
-                                                sync_dir=str(sync_dir), sync_every=2, timeout_s=60), tok)
+                                                sync_dir=str(sync_dir), sync_every=2,
+                                                http=HttpPolicy(timeout_s=60)), tok)
     prompt = _chat_ids(tok, QUESTIONS[0])
 
     def served_greedy() -> str:  # the server's own text, before any re-tokenisation by the generator
@@ -145,63 +145,15 @@ def test_update_weights_reloads_the_server(openai_server, tiny_model_dir, tmp_pa
 
 
 # ------------------------------------------------------------------ faults, on a stdlib loopback server
-class FaultServer:
-    """Answers POSTs with ``script[i]`` = (status, body, delay_s) for the i-th request (last one repeats)."""
-
-    def __init__(self, script):
-        self.script, self.calls = script, 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, body, delay = outer.script[min(outer.calls, len(outer.script) - 1)]
-                outer.calls += 1
-                time.sleep(delay)
-                data = body.encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (timeout)
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def fault_server():
-    servers = []
-
-    def start(script):
-        servers.append(FaultServer(script))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
-
-
 def _ok(n: int) -> str:
     return json.dumps({"choices": [{"index": i, "text": f"answer {i}", "finish_reason": "length",
                                     "token_ids": [10 + i, 11]} for i in range(n)]})
 
 
-def _fault_generator(base: str, **kw) -> OpenAIGenerator:
-    kw = {"max_retries": 2, "backoff_s": 0.01, "timeout_s": 5.0, **kw}
-    cfg = OpenAIGeneratorConfig(base_url=base, model="m", **kw)
-    return OpenAIGenerator(cfg, tokenizer=None)
+def _fault_generator(base: str, max_concurrency: int = 8, **kw) -> OpenAIGenerator:
+    policy = HttpPolicy(**{"max_retries": 2, "backoff_s": 0.01, "timeout_s": 5.0, **kw})
+    return OpenAIGenerator(OpenAIGeneratorConfig(base_url=base, model="m", http=policy,
+                                                 max_concurrency=max_concurrency), tokenizer=None)
 
 
 def test_429_then_success_is_retried(fault_server):
@@ -263,7 +215,7 @@ def test_retokenised_ids_get_eos_on_stop_and_fit_the_budget(fault_server, tiny_t
     answer = {"choices": [{"index": 1, "text": text, "finish_reason": "length"},
                           {"index": 0, "text": text, "finish_reason": "stop"}]}
     srv = fault_server([(200, json.dumps(answer), 0.0)])
-    gen = OpenAIGenerator(OpenAIGeneratorConfig(base_url=srv.base, model="m", max_retries=0), tiny_tokenizer)
+    gen = OpenAIGenerator(OpenAIGeneratorConfig(base_url=srv.base, model="m", http=HttpPolicy(max_retries=0)), tiny_tokenizer)
     [[stop, length]] = gen.generate([[1]], n=2, max_new_tokens=len(ids) + 1)
     assert stop.token_ids == [*ids, tiny_tokenizer.eos_token_id] and stop.finish_reason == "stop"
     assert length.token_ids == ids and length.text == text

@@ -53,15 +53,15 @@ def test_reward_rises_on_learnable_task(tiny_model_dir, tmp_path):
 
 def _capture_grads(monkeypatch) -> list[list[torch.Tensor]]:
     """Record the summed gradients handed to every optimizer update."""
-    from longrl.train import optim
+    from longrl.train import rl
 
-    real, seen = optim.synced_update, []
+    real, seen = rl.synced_update, []
 
     def spy(params, *args, **kwargs):
         seen.append([p.grad.detach().clone() for p in params])
         return real(params, *args, **kwargs)
 
-    monkeypatch.setattr(optim, "synced_update", spy)
+    monkeypatch.setattr(rl, "synced_update", spy)
     return seen
 
 

@@ -27,8 +27,12 @@ and policy losses below."""
 REWARD_FILE = Path(__file__).with_name("reward.py")
 """verl's ``reward.custom_reward_function.path``: longrl's hybrid reward as ``compute_score``."""
 
-ADVANTAGE_NAMES = {"grpo": "longrl_grpo", "drgrpo": "longrl_drgrpo", "batch_std": "longrl_batch_std"}
+ADVANTAGE_NAMES = {"grpo": "longrl_grpo", "drgrpo": "longrl_drgrpo", "batch_std": "longrl_batch_std",
+                   "task_std": "longrl_task_std"}
 """longrl ``algo.advantage`` -> the estimator registered in verl (longrl's function, see plugins)."""
+TRAINER_MODE = "longrl"
+"""verl ``trainer.v1.trainer_mode`` of longrl's trainer (``longrl.engines.verl.trainer``): verl's sync
+trainer plus the task book ``task_std`` reads and AEPO; set only when one of them is on."""
 KL_TYPES = {"k1": "kl", "k2": "mse", "k3": "low_var_kl"}
 """longrl ``algo.kl_estimator`` -> verl ``kl_loss_type``."""
 SCHEDULES = {"constant": "constant", "cosine": "cosine"}
@@ -48,7 +52,7 @@ ACCEPTABLE = {
 OWN_ONLY = (
     "model.device", "rollout.backend", "rollout.shared_prefill", "rollout.endpoint", "rollout.model",
     "rollout.prompt_format", "rollout.split_n", "rollout.extra_body", "rollout.max_concurrency",
-    "rollout.timeout_s", "rollout.max_retries", "rollout.sync_dir", "rollout.sync_every", "rollout.reload_path",
+    "rollout.timeout_s", "rollout.max_retries", "rollout.backoff_s", "rollout.max_backoff_s", "rollout.sync_dir", "rollout.sync_every", "rollout.reload_path",
     "rl.logprob_chunk", "rl.shared_prompt_forward", "rl.max_nonfinite_in_row", "logging.log_every",
     "logging.rollout_samples_every", "logging.rollout_samples", "logging.progress", "logging.jsonl",
     "pipeline.threads", "pipeline.eval_batch_size", "pipeline.eval_batch_tokens",
@@ -92,11 +96,14 @@ def check_expressible(cfg: Config) -> None:
     if unknown:
         raise ConfigError("verl.accept", f"{sorted(unknown)} cannot be accepted; acceptable: {sorted(ACCEPTABLE)}")
     problems = [
-        (a.advantage == "task_std", "algo.advantage",
-         "task_std needs each rollout's task, and verl's advantage hook receives only the group index (uid); "
-         "use the own engine, or grpo / drgrpo / batch_std"),
-        (a.entropy_mask_threshold > 0, "algo.entropy_mask_threshold",
-         "AEPO needs per-token entropies, and verl's policy-loss hook receives only log-probs and advantages"),
+        ((a.advantage == "task_std" or aepo_on(cfg))
+         and any(o.lstrip("+").startswith("trainer.v1.trainer_mode=") for o in cfg.verl.extra_overrides),
+         "verl.extra_overrides", "task_std and AEPO run in longrl's trainer (trainer.v1.trainer_mode=longrl); "
+         "another trainer mode would drop them"),
+        (aepo_on(cfg) and a.loss_agg != "token-mean", "algo.loss_agg",
+         f"AEPO empties the dropped samples' masks, and verl divides {a.loss_agg} losses by the mini-batch's "
+         "sequence count including those empty samples (longrl by the non-empty ones); use token-mean "
+         "(QwenLong-L1.5's) or the own engine"),
         (a.ratio_cap > 0, "algo.ratio_cap", "verl's actor config has no importance-ratio cap"),
         (a.eps != 1e-6, "algo.eps", "verl's estimator hook has no epsilon; only its 1e-6 is available"),
         (r.optim.schedule not in SCHEDULES, "rl.optim.schedule",
@@ -112,6 +119,24 @@ def check_expressible(cfg: Config) -> None:
     for bad, key, why in problems:
         if bad:
             raise ConfigError(key, f"not expressible on the verl engine: {why}")
+
+
+def aepo_on(cfg: Config) -> bool:
+    """AEPO is on: the batch rule (``entropy_mask_level: batch``, which requires ``entropy_high > 0``) or
+    a token / sequence threshold."""
+    return cfg.algo.entropy_mask_level == "batch" or cfg.algo.entropy_mask_threshold > 0
+
+
+def longrl_trainer_overrides(cfg: Config) -> dict[str, object]:
+    """``trainer.v1.trainer_mode=longrl`` and its ``longrl.aepo`` section when task_std or AEPO is on."""
+    a = cfg.algo
+    if a.advantage != "task_std" and not aepo_on(cfg):
+        return {}
+    o: dict[str, object] = {"trainer.v1.trainer_mode": TRAINER_MODE}
+    if aepo_on(cfg):
+        o |= {"+longrl.aepo.level": a.entropy_mask_level, "+longrl.aepo.threshold": a.entropy_mask_threshold,
+              "+longrl.aepo.low": a.entropy_low, "+longrl.aepo.high": a.entropy_high}
+    return o
 
 
 def _q(value) -> str:
@@ -259,6 +284,7 @@ def phase_overrides(cfg: Config, job: PhaseJob) -> list[str]:
         o["actor_rollout_ref.model.target_modules"] = list(m.lora.target_modules)
     if v.ray_address:
         o["+ray_kwargs.ray_init.address"] = v.ray_address
+    o |= longrl_trainer_overrides(cfg)
     return [f"{k}={_q(val)}" for k, val in o.items()] + list(v.extra_overrides)
 
 
@@ -286,7 +312,10 @@ MAPPED = {
     "rl.optim.*": "actor.optim.lr / weight_decay / betas / lr_warmup_steps / lr_scheduler_type, actor.grad_clip",
     "rl.dynamic_sampling.enabled / metric": "algorithm.filter_groups.enable / metric",
     "rl.dynamic_sampling.max_rounds": "algorithm.filter_groups.max_num_gen_batches (ignored by verl's V1 trainer)",
-    "algo.advantage": "algorithm.adv_estimator = longrl_<name> (registered by longrl)",
+    "algo.advantage": "algorithm.adv_estimator = longrl_<name> (registered by longrl); task_std also "
+                      "trainer.v1.trainer_mode=longrl (longrl's trainer records each prompt's task)",
+    "algo.entropy_mask_level / entropy_mask_threshold / entropy_low / entropy_high":
+        "trainer.v1.trainer_mode=longrl + longrl.aepo.level / threshold / low / high (AEPO in longrl's trainer)",
     "algo.clip_low / clip_high": "actor.clip_ratio_low / clip_ratio_high",
     "algo.dual_clip": "actor.clip_ratio_c with loss_mode longrl_dual_clip",
     "algo.loss_agg": "actor.loss_agg_mode",

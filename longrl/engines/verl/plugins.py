@@ -1,17 +1,22 @@
-"""longrl's advantage estimators and policy losses registered in verl (imported in verl's workers
-through ``actor_rollout_ref.model.external_lib=longrl.engines.verl.plugins``; needs verl installed).
+"""longrl's advantage estimators, policy losses and trainer registered in verl (imported in every verl
+process through longrl's ``verl.plugins`` entry point, and in verl's workers through
+``actor_rollout_ref.model.external_lib=longrl.engines.verl.plugins``; needs verl installed).
 
-Estimators (``algorithm.adv_estimator``): ``longrl_grpo``, ``longrl_drgrpo``, ``longrl_batch_std`` --
-:func:`longrl.algo.compute_advantages` on the outcome reward (the sum of verl's token-level rewards)
-grouped by verl's ``index`` (the prompt uid), broadcast over the response mask. They differ from
-verl's built-in ``grpo`` where longrl differs (a group of one gets 0, NaN rewards raise).
+Estimators (``algorithm.adv_estimator``): ``longrl_grpo``, ``longrl_drgrpo``, ``longrl_batch_std``,
+``longrl_task_std`` -- :func:`longrl.algo.compute_advantages` on the outcome reward (the sum of verl's
+token-level rewards) grouped by verl's ``index`` (the prompt uid), broadcast over the response mask.
+They differ from verl's built-in ``grpo`` where longrl differs (a group of one gets 0, NaN rewards
+raise). Rows with an empty response mask -- the synthetic rows verl appends to make the batch divisible
+by the data-parallel size (``padding_utils.upsample_batch_to_divisible_size``) -- get 0 and take no part
+in any statistic (they would otherwise enter ``batch_std``'s and ``task_std``'s stds).
 
-Why no ``task_std`` here: verl calls a registered estimator with ``token_level_rewards``,
-``response_mask``, ``index`` (uid) and ``config`` only -- neither ``data_source`` nor any other row
-field reaches it (only verl's own ``gdpo`` gets ``non_tensor_batch``), and the uid is a fresh
-``uuid4`` per prompt, so the task of a rollout cannot be recovered inside the hook.
-``longrl.engines.verl.mapping`` therefore rejects ``algo.advantage: task_std`` on this engine, naming
-the field. Likewise AEPO (``algo.entropy_mask_threshold``): verl's policy-loss hook gets no entropies.
+``longrl_task_std`` (QwenLong-L1.5 task-level std) needs each rollout's task, and verl calls an estimator
+with ``token_level_rewards``, ``response_mask``, ``index`` (a fresh ``uuid4`` per prompt) and ``config``
+only. The workaround: longrl's verl trainer (``trainer.v1.trainer_mode=longrl``,
+:mod:`longrl.engines.verl.trainer`, registered below) records ``uid -> task`` in
+:data:`longrl.engines.verl.driver.TASKS` when it draws each prompt, in the driver process where verl
+also runs the estimator; the estimator looks the uids up there, and a uid never recorded (another
+trainer mode) is an error saying so. AEPO is applied by the same trainer (see there).
 
 Policy losses (``actor.policy_loss.loss_mode``): ``longrl`` (clip-higher surrogate, no dual clip) and
 ``longrl_dual_clip`` (dual clip at ``actor.clip_ratio_c``): :func:`longrl.algo.clipped_surrogate`
@@ -21,6 +26,7 @@ shares sum to the mini-batch loss exactly as in verl's ``agg_loss``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -28,16 +34,26 @@ from verl.trainer.ppo import core_algos
 
 from longrl.algo import aggregate, clipped_surrogate, compute_advantages
 from longrl.algo.losses import LOG_RATIO_CLAMP
+from longrl.engines.verl.driver import TASKS
 
-ESTIMATORS = {"longrl_grpo": "grpo", "longrl_drgrpo": "drgrpo", "longrl_batch_std": "batch_std"}
+ESTIMATORS = {"longrl_grpo": "grpo", "longrl_drgrpo": "drgrpo", "longrl_batch_std": "batch_std",
+              "longrl_task_std": "task_std"}
 EPS = 1e-6
+logger = logging.getLogger(__name__)
 
 
 def outcome_advantages(mode: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                        index: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(advantages, returns), both ``[B, T]``: longrl's per-rollout advantage times the response mask."""
+    """(advantages, returns), both ``[B, T]``: longrl's per-rollout advantage times the response mask
+    (0 for rows with an empty mask, which take no part; ``task_std`` reads the tasks from ``TASKS``)."""
     scores_N = token_level_rewards.sum(dim=-1)
-    adv_N = compute_advantages(scores_N, list(index), mode=mode, eps=EPS)
+    real_N = response_mask.bool().any(dim=-1)
+    rows = real_N.nonzero().flatten().tolist()
+    uids = [index[i] for i in rows]
+    adv_N = torch.zeros_like(scores_N)
+    if rows:
+        tasks = TASKS.tasks(uids) if mode == "task_std" else None
+        adv_N[real_N] = compute_advantages(scores_N[real_N], uids, mode=mode, eps=EPS, task_ids_N=tasks)
     adv_BT = adv_N[:, None] * response_mask
     return adv_BT, adv_BT
 
@@ -94,4 +110,16 @@ def register() -> None:
         lambda *args, **kw: longrl_policy_loss(*args, dual_clip=True, **kw))
 
 
+def register_trainer() -> bool:
+    """Register longrl's verl trainer (``trainer.v1.trainer_mode=longrl``); False, with a warning, where
+    verl's V1 trainer cannot be imported (verl then reports the unknown trainer mode by name)."""
+    try:
+        import longrl.engines.verl.trainer  # noqa: F401  (registers on import)
+    except Exception as e:  # noqa: BLE001 -- verl swallows plug-in import errors; keep the estimators and say why
+        logger.warning("longrl's verl trainer (trainer.v1.trainer_mode=longrl) is not registered: %s", e)
+        return False
+    return True
+
+
 register()
+register_trainer()

@@ -17,26 +17,24 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from longrl.config import load_config
+from longrl.engines.verl.driver import row_task
+from longrl.rewards.hybrid import HybridReward, RewardItem
+from longrl.rewards.judge import make_judge
+from longrl.rewards.rule import parse_ground_truth
+
 
 @lru_cache(maxsize=4)
 def hybrid_for(config_path: str):
     """One HybridReward (and judge) per config file and process."""
-    from longrl.config import load_config
-    from longrl.rewards.hybrid import HybridReward
-    from longrl.rewards.judge import make_judge
-
     reward_cfg = load_config(config_path).reward
     return HybridReward(reward_cfg, make_judge(reward_cfg.judge))
 
 
 def reward_item(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None):
     """The RewardItem of one verl row (task / answers / question from extra_info, as longrl writes them)."""
-    from longrl.data.records import TASK_TYPES, task_for_source
-    from longrl.rewards.hybrid import RewardItem
-    from longrl.rewards.rule import parse_ground_truth
-
     info = extra_info if isinstance(extra_info, dict) else {}
-    task = info.get("task") if info.get("task") in TASK_TYPES else task_for_source(data_source)
+    task = row_task(data_source, info)
     answers = parse_ground_truth(info["answers"]) if info.get("answers") is not None else []
     return RewardItem(task=task, question=str(info.get("question") or ""), response=solution_str,
                       answers=answers or parse_ground_truth(ground_truth), document=str(info.get("document") or ""))

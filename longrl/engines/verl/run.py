@@ -34,8 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from longrl.algo.shaping import overlong_penalty
 from longrl.config import Config
-from longrl.engines.verl.mapping import PhaseJob, gen_batch_size, phase_overrides
+from longrl.data.readers import verl_row
+from longrl.engines.verl.mapping import PhaseJob, check_expressible, gen_batch_size, phase_overrides
 from longrl.pipeline import (
     CURRICULUM_END,
     STAGE_EVAL,
@@ -102,8 +104,6 @@ def dump_accuracy(row: dict[str, Any], response_tokens: int, cfg: Config, max_ou
     score = float(row["score"])
     ov = cfg.reward.overlong
     if ov.enabled:
-        from longrl.algo.shaping import overlong_penalty
-
         score -= float(overlong_penalty([response_tokens], max_output_tokens, ov.buffer_tokens, ov.penalty_factor)[0])
     return 1.0 if score >= 1.0 - 1e-6 else 0.0
 
@@ -151,7 +151,6 @@ def write_phase_parquet(samples, path: str | Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from longrl.data.readers import verl_row
 
     rows = []
     for i, s in enumerate(samples):
@@ -168,6 +167,7 @@ class VerlPipeline(Pipeline):
 
     def __init__(self, cfg: Config, run_command: RunCommand = subprocess_runner, dry_run: bool = False,
                  out: Callable[[str], None] = print, **kw):
+        check_expressible(cfg)  # before any stage runs or prints: the init / SFT stages take long
         super().__init__(cfg, **kw)
         self.run_command, self.dry_run, self.out = run_command, dry_run, out
         self.phases = phase_names(cfg)

@@ -1,0 +1,96 @@
+"""What the pipeline prints and writes for people: stage events, the accuracy table, the behaviour report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from longrl.analysis.behaviours import run_documents, write_stage_report
+from longrl.pipeline.stages import StageEvent, phase_names, stage_dir, stage_names
+
+
+def behaviour_report(cfg, out_dir: str | Path, plot_path: str | Path) -> dict[str, Any]:
+    """:func:`write_stage_report` over a pipeline run directory: every stage's held-out predictions and
+    every RL phase's rollout samples and metrics."""
+    stages = [(n, stage_dir(cfg, n) / "heldout_predictions.jsonl") for n in stage_names(cfg)]
+    stages = [(n, p) for n, p in stages if p.is_file()]
+    phases = [(n, stage_dir(cfg, n)) for n in phase_names(cfg)]
+    return write_stage_report(stages, phases, out_dir, plot_path, run_documents(Path(cfg.output_dir) / "data"))
+
+
+def pool_line(summary: dict[str, Any]) -> str:
+    keys = ("retro/pool_size", "retro/mean_difficulty", "retro/dropped_easy", "retro/dropped_input_budget",
+            "retro/dropped_cap")
+    return ", ".join(f"{k.split('/')[-1]}={summary[k]:.3g}" for k in keys if k in summary)
+
+
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.1f}"
+
+
+def ordered_sets(table: dict[str, Any]) -> list[str]:
+    """Set labels of an accuracy table, numeric labels (document lengths) in increasing order."""
+    return sorted(table["sets"], key=lambda k: (0, int(k), k) if k.isdigit() else (1, 0, k))
+
+
+def markdown_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """Held-out accuracy (%): one row per (document length, family), one column per stage."""
+    first = rows[0][1]
+    sets = ordered_sets(first)
+    fams = sorted({f for _, t in rows for st in t["sets"].values() for f in st["families"]})
+    head = ["documents", "family"] + [stage for stage, _ in rows]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in sets:
+        label = f"{name} tokens" if name.isdigit() else name
+        for fam in ["all", *fams]:
+            cells = [label, f"**{fam}**" if fam == "all" else fam]
+            for _, t in rows:
+                st = t["sets"].get(name, {})
+                cells.append(_pct(st.get("acc", float("nan")) if fam == "all"
+                                  else st.get("families", {}).get(fam, float("nan"))))
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| **all** | **all** | " + " | ".join(_pct(t["acc"]) for _, t in rows) + " |")
+    per_set = ", ".join(f"{s}: {first['sets'][s]['n']}" for s in sets)
+    lines.append(f"\n{first['n']} held-out generations per stage ({per_set}).")
+    return "\n".join(lines)
+
+
+class progress_bar:
+    """Context manager yielding ``advance(n)``; a rich progress bar when enabled, else a no-op."""
+
+    def __init__(self, description: str, total: int, enabled: bool):
+        self.description, self.total, self.enabled = description, total, enabled
+        self._progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn())
+        self._progress.start()
+        task = self._progress.add_task(self.description, total=self.total)
+        return lambda n: self._progress.update(task, advance=n)
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
+        return False
+
+
+def print_event(ev: StageEvent) -> None:
+    """Default stage logger for the CLI."""
+    m = ev.manifest
+    if ev.kind == "skip":
+        print(f"[{ev.stage}] complete; skipped")
+    elif ev.kind == "start":
+        print(f"[{ev.stage}] starting from {m['input_model']}")
+    elif ev.kind == "trained":
+        print(f"[{ev.stage}] trained in {m['train_wall_s']:.0f}s")
+        if m.get("curriculum", {}).get("transition"):
+            print(f"[{ev.stage}] retrospective pool: {pool_line(m['curriculum']['transition'])}")
+    elif ev.kind == "evaluated":
+        t = m["eval"]
+        sets = ", ".join(f"{k} tok {100 * v['acc']:.1f}%" for k, v in t["sets"].items())
+        print(f"[{ev.stage}] held-out accuracy {100 * t['acc']:.1f}% ({sets}) in {m['eval_wall_s']:.0f}s")
