@@ -170,6 +170,7 @@ SFT_ARGS = ["sft.steps=4", "sft.batch_size=5", "sft.micro_token_budget=200", "sf
 (the shorter share is padded), and a held-out evaluation every 2 steps."""
 
 
+@pytest.mark.slow  # about 25 s: two more launches; the RL checks above cover the shared machinery
 def test_fsdp_sft_cli_matches_one_process(tiny_model_dir, tmp_path):
     """`accelerate launch --config_file fsdp_2proc_cpu.yaml -m longrl.cli sft` (the documented way to pick
     FSDP) trains like `longrl sft` on one process."""
