@@ -9,6 +9,9 @@ Layout of ``<root>/step-00000042/``:
 * ``rng_rank{r}.pt``    Python / torch / numpy RNG states of every process;
 * ``manifest.json``     written last: step, and size + sha256 of every file above.
 
+A sharded (FSDP2) run writes the same layout from tensors gathered on the main process; its
+``optimizer.pt`` is keyed by parameter name (see :func:`save_checkpoint`).
+
 A checkpoint is written into ``<root>/.tmp-step-...`` and renamed into place only when complete, so a
 kill at any moment leaves either the old set of checkpoints or the new one. ``latest_checkpoint`` checks
 each candidate against its manifest (newest first) and falls back, with a logged reason, past partial
@@ -121,7 +124,13 @@ def _barrier(accelerator) -> None:
 def save_checkpoint(root: str | Path, step: int, *, model, optimizer=None, scheduler=None,
                     state: dict[str, Any] | None = None, accelerator=None, keep: int = 2,
                     tokenizer=None) -> Path:
-    """Write checkpoint ``step`` atomically (every process must call it); prune to ``keep`` newest."""
+    """Write checkpoint ``step`` atomically (every process must call it); prune to ``keep`` newest.
+
+    A sharded (FSDP2) model and its optimizer are gathered first, every process taking part, into
+    whole tensors on the main process's CPU, which writes them in the unsharded layout (``model/`` a
+    Hugging Face directory; ``optimizer.pt`` the full optimizer state keyed by parameter name)."""
+    from longrl.train.runtime import full_tensors, is_sharded
+
     root = Path(root)
     tmp = root / f"{TMP_PREFIX}{PREFIX}{step:08d}"
     main = accelerator is None or accelerator.is_main_process
@@ -131,14 +140,22 @@ def save_checkpoint(root: str | Path, step: int, *, model, optimizer=None, sched
         tmp.mkdir(parents=True)
     _barrier(accelerator)
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    sharded = is_sharded(model)
+    weights = full_tensors(model, to_cpu=True, main_only=True, is_main=main) if sharded else None
+    optim_state = _full_optimizer_state(model, optimizer) if sharded and optimizer is not None else None
     _barrier(accelerator)
     final = step_dir(root, step)
     if main:
-        _save_model_quietly(_unwrap(model, accelerator), tmp / "model")
+        if sharded:
+            from longrl.train.runtime import save_pretrained_gathered
+
+            save_pretrained_gathered(model, weights, tmp / "model")
+        else:
+            _save_model_quietly(_unwrap(model, accelerator), tmp / "model")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optim_state if sharded else optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"step": step, "state": state or {}}, tmp / "trainer_state.pt")
@@ -148,6 +165,19 @@ def save_checkpoint(root: str | Path, step: int, *, model, optimizer=None, sched
         _prune(root, keep)
     _barrier(accelerator)
     return final
+
+
+def _full_optimizer_state(model, optimizer) -> dict[str, Any]:
+    """The whole optimizer state of a sharded model, keyed by parameter name, on the main process's CPU
+    (``{}`` elsewhere); a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    if not optimizer.state:
+        # before the first update: no tensors to gather. (get_optimizer_state_dict would make them with an
+        # lr-0 step of zero gradients, which counts as AdamW step 1 and changes the bias correction after.)
+        return optimizer.state_dict()
+    return get_optimizer_state_dict(model, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _save_model_quietly(model, path: Path) -> None:
@@ -207,13 +237,27 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
                     accelerator=None) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and this process's RNG; return the trainer state dict.
 
-    The returned dict has ``step`` and ``state`` (what was passed to :func:`save_checkpoint`).
+    The returned dict has ``step`` and ``state`` (what was passed to :func:`save_checkpoint`). A
+    sharded (FSDP2) model is loaded from the main process's read of the files, each process keeping its
+    shards (every process must call this).
     """
+    from longrl.train.runtime import is_sharded
+
     path = Path(path)
     verify_checkpoint(path)
-    load_model_weights(_unwrap(model, accelerator), path / "model")
-    if optimizer is not None and (path / "optimizer.pt").is_file():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    if is_sharded(model):
+        _load_sharded(path, model, optimizer, accelerator)
+    else:
+        load_model_weights(_unwrap(model, accelerator), path / "model")
+        if optimizer is not None and (path / "optimizer.pt").is_file():
+            state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+            if _keyed_by_name(state):
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(_unwrap(model, accelerator), optimizer, state,
+                                         options=StateDictOptions(full_state_dict=True))
+            else:
+                optimizer.load_state_dict(state)
     if scheduler is not None and (path / "scheduler.pt").is_file():
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rank = accelerator.process_index if accelerator is not None else 0
@@ -223,6 +267,66 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
     else:
         log.warning("%s has no RNG state for rank %d (different process count?); RNG not restored", path, rank)
     return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+def _keyed_by_name(optimizer_state: dict[str, Any]) -> bool:
+    """True for a full optimizer state keyed by parameter name (written by a sharded run)."""
+    return any(isinstance(k, str) for k in optimizer_state.get("state", {}))
+
+
+def _load_sharded(path: Path, model, optimizer, accelerator) -> None:
+    """Weights and optimizer of a sharded model: read by the main process, broadcast, kept as shards."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    main = accelerator is None or accelerator.is_main_process
+    weights: dict[str, torch.Tensor] = {}
+    if main:
+        weights = _load_safetensors_dir(path / "model")
+        for group in _tied_groups(model):  # a tied head is saved once; every name must be there to broadcast
+            present = next((n for n in group if n in weights), None)
+            if present is None:
+                raise CheckpointError(f"{path / 'model'}: none of the tied weights {sorted(group)}")
+            weights.update({n: weights[present] for n in group})
+        wanted = set(model.state_dict())
+        missing, unexpected = sorted(wanted - set(weights)), sorted(set(weights) - wanted)
+        if missing or unexpected:
+            raise CheckpointError(f"{path / 'model'}: weights do not fit the model (missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]})")
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    if optimizer is None or not (path / "optimizer.pt").is_file():
+        return
+    state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False) if main else {}
+    kind = ("empty" if not state.get("state") else "by-name" if _keyed_by_name(state) else "by-position") if main else ""
+    kind = _from_main(kind, accelerator)
+    if kind == "empty":  # saved before the first update (no tensors): every process reads the hyper-parameters
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        return
+    if kind == "by-position":
+        raise CheckpointError(f"{path}: optimizer.pt was written by an unsharded run (keyed by position); "
+                              f"resume it without FSDP")
+    set_optimizer_state_dict(model, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def _from_main(value, accelerator):
+    """The main process's ``value`` (picklable) on every process."""
+    if accelerator is None or accelerator.num_processes < 2:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def _tied_groups(model) -> list[set[str]]:
+    """Sets of parameter names that alias one tensor (a tied LM head and embedding)."""
+    by_id: dict[int, set[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), set()).add(name)
+    return [names for names in by_id.values() if len(names) > 1]
 
 
 # ---------------------------------------------------------------------------- the run's config, on resume

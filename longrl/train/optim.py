@@ -6,7 +6,8 @@ The loss of every micro-batch is already divided by the WHOLE global mini-batch'
 sum over micro-batches and ranks is the exact global token-mean. We do not wrap the model in DDP:
 the chunked log-prob kernels call the decoder body and the LM-head weight directly (bypassing the
 DDP forward hook), and ranks may hold different numbers of micro-batches, which DDP's per-backward
-reducer cannot express without dummy passes.
+reducer cannot express without dummy passes. Under FSDP2 (:mod:`longrl.train.runtime`) the gradient
+shards are summed by FSDP's reduce-scatter instead and the ranks run padded, equal numbers of passes.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def synced_update(params: list[torch.nn.Parameter], optimizer: torch.optim.Optim
     Every rank reaches the same decision: the local "loss was finite" flag travels in the same
     all-reduce as the gradients.
     """
+    if _sharded(params):
+        return _sharded_update(params, optimizer, accelerator, grad_clip, local_loss_ok)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flag = torch.tensor([0.0 if local_loss_ok else 1.0], device=grads[0].device, dtype=grads[0].dtype)
     flat = torch.cat([g.reshape(-1) for g in grads] + [flag])
@@ -99,6 +102,31 @@ def synced_update(params: list[torch.nn.Parameter], optimizer: torch.optim.Optim
         offset += n
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     ok = not bad_loss and bool(torch.isfinite(norm))
+    if ok:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return UpdateResult(applied=ok, grad_norm=float(norm) if ok else float("nan"))
+
+
+def _sharded(params: list[torch.nn.Parameter]) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return bool(params) and isinstance(params[0], DTensor)
+
+
+def _sharded_update(params, optimizer, accelerator, grad_clip: float, local_loss_ok: bool) -> UpdateResult:
+    """:func:`synced_update` for FSDP2 (DTensor) parameters: their gradient shards already hold the sum
+    over processes (FSDP's reduce-scatter); only the "loss was finite" flag is all-reduced here."""
+    from torch.distributed.tensor import DTensor
+
+    flag = torch.tensor([0.0 if local_loss_ok else 1.0], device=params[0].device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                          grad_clip if grad_clip > 0 else float("inf"))
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    ok = not bool(flag[0] > 0) and bool(torch.isfinite(norm))
     if ok:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

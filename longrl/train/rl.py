@@ -72,7 +72,16 @@ from longrl.train.optim import (
     shard,
     synced_update,
 )
-from longrl.train.runtime import default_accelerator, save_final
+from longrl.train.runtime import (
+    RolloutPolicy,
+    default_accelerator,
+    frozen_replica,
+    is_sharded,
+    lockstep_batches,
+    save_final,
+    shard_policy,
+    sharded_forward,
+)
 from longrl.train.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -183,6 +192,8 @@ class RLRun:
     """The last step's metrics (saved in checkpoints, so a finished run can report them)."""
     aepo: Any = None
     """:class:`~longrl.algo.aepo.AEPOState` in AEPO batch mode (checkpointed), else None."""
+    rollout: Any = None
+    """:class:`~longrl.train.runtime.RolloutPolicy`: the weights the generator samples from / is synced with."""
 
 
 @dataclass
@@ -351,8 +362,9 @@ def _pad(rows: list[torch.Tensor], width: int, fill) -> torch.Tensor:
 
 def piece_logprobs(run: RLRun, model, seqs: list[Seq], with_entropy: bool):
     """``(logps_BT, entropy_BT|None, mask_BT)`` of one piece's completions under ``model``."""
-    return group_logprobs(model, seqs[0].prompt_ids, [s.completion_ids for s in seqs], chunk=run.cfg.rl.logprob_chunk,
-                          temperature=run.cfg.rollout.temperature, with_entropy=with_entropy, shared=run.cfg.rl.shared_prompt_forward)
+    return sharded_forward(model, group_logprobs, seqs[0].prompt_ids, [s.completion_ids for s in seqs],
+                           chunk=run.cfg.rl.logprob_chunk, temperature=run.cfg.rollout.temperature,
+                           with_entropy=with_entropy, shared=run.cfg.rl.shared_prompt_forward)
 
 
 @torch.no_grad()
@@ -428,11 +440,12 @@ def update(run: RLRun, seqs: list[Seq], mini_batch: list[list[int]]) -> dict[str
     num_seqs = sum(1 for s in members if bool(s.mask.any()))
     acc = run.accelerator
     micro_metrics, loss_ok = [], True
-    for piece in shard(mini_batch, acc.process_index, acc.num_processes):
+    for piece, weight in lockstep_batches(run.model, acc, lambda r: shard(mini_batch, r, acc.num_processes)):
         loss, m = piece_loss(run, [seqs[i] for i in piece], num_tokens, num_seqs)
         loss_ok = loss_ok and bool(torch.isfinite(loss.detach()))
-        loss.backward()
-        micro_metrics.append(m)
+        (loss * weight if weight != 1.0 else loss).backward()  # weight 0: a pass that keeps FSDP ranks in step
+        if weight:
+            micro_metrics.append(m)
     result = synced_update(run.params, run.optimizer, acc, run.cfg.rl.optim.grad_clip, loss_ok)
     _count_nonfinite(run, result.applied)
     if acc.num_processes > 1:
@@ -492,8 +505,9 @@ def _push_weights(run: RLRun, step: int) -> None:
     ``shared_across_processes``) is updated by the main process only, the others waiting for it."""
     gen = run.generator
     shared = gen.shared_across_processes
+    run.rollout.refresh_for(gen)  # sharded policy: gathered once into the rollout replica (all processes)
     if not shared or run.accelerator.is_main_process:
-        gen.update_weights(run.accelerator.unwrap_model(run.model), step)
+        gen.update_weights(run.rollout.module, step)
     if shared and run.accelerator.num_processes > 1:
         run.accelerator.wait_for_everyone()
 
@@ -646,9 +660,11 @@ def _build_vllm_generator(cfg, model, tokenizer):
 def _build_run(model, tokenizer, sampler, reward_fn, cfg, generator, ref_model, on_accuracies,
                accelerator) -> RLRun:
     if cfg.algo.kl_coef > 0 and ref_model is None:
-        ref_model = _frozen_copy(accelerator.unwrap_model(model))
+        ref_model = frozen_replica(model) if is_sharded(model) else _frozen_copy(accelerator.unwrap_model(model))
+    model = shard_policy(model, accelerator)  # FSDP2 when the accelerate config says so (docs/scaling.md)
+    rollout = RolloutPolicy(model, accelerator)
     if generator is None:
-        generator = build_generator(cfg, model, tokenizer)
+        generator = build_generator(cfg, rollout.module, tokenizer)
     o = cfg.rl.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, tuple(o.betas))
     scheduler = build_scheduler(optimizer, o.warmup_steps, cfg.rl.steps, o.schedule)
@@ -656,7 +672,7 @@ def _build_run(model, tokenizer, sampler, reward_fn, cfg, generator, ref_model, 
     aepo = AEPOState(cfg.algo.entropy_low, cfg.algo.entropy_high) if cfg.algo.entropy_high > 0 else None
     return RLRun(cfg=cfg, model=model, tokenizer=tokenizer, generator=generator, reward_fn=reward_fn,
                  sampler=sampler, accelerator=accelerator, optimizer=optimizer, scheduler=scheduler,
-                 params=params, ref_model=ref_model, on_accuracies=on_accuracies, aepo=aepo)
+                 params=params, ref_model=ref_model, on_accuracies=on_accuracies, aepo=aepo, rollout=rollout)
 
 
 def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, *, run_dir: str | Path,
@@ -701,7 +717,8 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
             return RLResult(steps=steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
                             skipped_updates=run.skipped_updates, already_complete=True)
         if start < steps:
-            run.generator.sync_weights(accelerator.unwrap_model(run.model))  # the engine starts from model.path
+            run.rollout.refresh_for(run.generator)
+            run.generator.sync_weights(run.rollout.module)  # the engine starts from model.path
         metrics = _loop(run, run_dir, start, extra_state)
     finally:
         if own_generator:

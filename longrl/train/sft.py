@@ -138,28 +138,39 @@ def loss_weight(examples: list[SFTExample], prompt_loss_weight: float) -> float:
     return sum(len(e.target_ids) for e in examples) + prompt_loss_weight * n_prompt
 
 
-def nll_sum(model, examples: list[SFTExample], budget: int, chunk: int, scale: float, backward: bool) -> float:
+def nll_sum(model, examples: list[SFTExample], budget: int, chunk: int, scale: float, backward: bool,
+            passes: list[tuple[list[SFTExample], float]] | None = None) -> float:
     """Sum of target-token NLL over ``examples`` (completion-only loss); see :func:`nll_sums`."""
-    return nll_sums(model, examples, budget, chunk, scale, backward)[0]
+    return nll_sums(model, examples, budget, chunk, scale, backward, passes=passes)[0]
+
+
+def micro_batches(examples: list[SFTExample], budget: int) -> list[list[SFTExample]]:
+    """``examples`` packed in order into micro-batches of at most ``budget`` tokens."""
+    from longrl.train.optim import pack_by_token_budget
+
+    return [[examples[i] for i in idx] for idx in pack_by_token_budget([e.n_tokens for e in examples], budget)]
 
 
 def nll_sums(model, examples: list[SFTExample], budget: int, chunk: int, scale: float, backward: bool,
-             prompt_loss_weight: float = 0.0) -> tuple[float, float]:
+             prompt_loss_weight: float = 0.0,
+             passes: list[tuple[list[SFTExample], float]] | None = None) -> tuple[float, float]:
     """Sums of target-token NLL and of prompt-token NLL (0 unless ``prompt_loss_weight`` > 0) over
     ``examples``, in token-budget micro-batches.
 
     With ``backward``, each micro-batch's ``(target nll + prompt_loss_weight * prompt nll) / scale`` is
     back-propagated (``scale`` = :func:`loss_weight` of the global batch, so the accumulated gradient
-    is that of the exact weighted token-mean).
+    is that of the exact weighted token-mean). ``passes`` ((micro-batch, weight) pairs from
+    :func:`~longrl.train.runtime.lockstep_batches`; weight 0 = a pass that only keeps sharded processes
+    in step) replaces the packing of ``examples``.
     """
-    from longrl.train.optim import pack_by_token_budget
+    from longrl.train.runtime import sharded_forward
 
     total, total_prompt = 0.0, 0.0
-    for idx in pack_by_token_budget([e.n_tokens for e in examples], budget):
-        logps_BT, mask_BT, prompt_BT = target_logprobs(model, [examples[i] for i in idx], chunk,
+    for mb, weight in passes if passes is not None else [(mb, 1.0) for mb in micro_batches(examples, budget)]:
+        logps_BT, mask_BT, prompt_BT = sharded_forward(model, target_logprobs, mb, chunk,
                                                        with_prompt=prompt_loss_weight > 0)
-        nll = -torch.where(mask_BT, logps_BT, 0.0).sum()
-        nll_prompt = -torch.where(prompt_BT, logps_BT, 0.0).sum()
+        nll = -torch.where(mask_BT, logps_BT, 0.0).sum() * weight
+        nll_prompt = -torch.where(prompt_BT, logps_BT, 0.0).sum() * weight
         if backward:
             ((nll + prompt_loss_weight * nll_prompt) / scale).backward()
         total += float(nll.detach())
@@ -170,15 +181,16 @@ def nll_sums(model, examples: list[SFTExample], budget: int, chunk: int, scale: 
 def heldout_loss(model, examples: list[SFTExample], budget: int, chunk: int, accelerator) -> float:
     """Token-mean NLL over ``examples`` (sharded over processes)."""
     from longrl.train.optim import shard
+    from longrl.train.runtime import lockstep_batches
 
     if not examples:
         return float("nan")
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = shard(examples, rank, world)
+    world = accelerator.num_processes
+    passes = lockstep_batches(model, accelerator, lambda r: micro_batches(shard(examples, r, world), budget))
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        local = nll_sum(model, mine, budget, chunk, 1.0, backward=False) if mine else 0.0
+        local = nll_sum(model, [], budget, chunk, 1.0, backward=False, passes=passes)
     model.train(was_training)
     total = accelerator.reduce(torch.tensor([local], dtype=torch.float64), reduction="sum")
     return float(total[0]) / sum(len(e.target_ids) for e in examples)
@@ -187,13 +199,16 @@ def heldout_loss(model, examples: list[SFTExample], budget: int, chunk: int, acc
 def _sft_step(model, params, optimizer, scheduler, accelerator, batch: list[SFTExample], cfg) -> dict[str, float]:
     """One optimizer step on ``batch`` (this process trains its round-robin share)."""
     from longrl.train.optim import shard, synced_update
+    from longrl.train.runtime import lockstep_batches
 
     w = cfg.prompt_loss_weight
     n_targets = sum(len(e.target_ids) for e in batch)
     n_prompt = sum(len(e.prompt_ids) - 1 for e in batch)
-    mine = shard(batch, accelerator.process_index, accelerator.num_processes)
-    local = nll_sums(model, mine, cfg.micro_token_budget, cfg.loss_chunk, n_targets + w * n_prompt, backward=True,
-                     prompt_loss_weight=w) if mine else (0.0, 0.0)
+    world = accelerator.num_processes
+    passes = lockstep_batches(model, accelerator,
+                              lambda r: micro_batches(shard(batch, r, world), cfg.micro_token_budget))
+    local = nll_sums(model, [], cfg.micro_token_budget, cfg.loss_chunk, n_targets + w * n_prompt, backward=True,
+                     prompt_loss_weight=w, passes=passes)
     total, total_prompt = (float(x) for x in accelerator.reduce(torch.tensor(local, dtype=torch.float64),
                                                                  reduction="sum"))
     result = synced_update(params, optimizer, accelerator, cfg.optim.grad_clip, local_loss_ok=bool(
@@ -224,6 +239,7 @@ def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str
 
     from longrl.train.checkpoint import announce_resume, load_checkpoint, open_run, save_checkpoint
     from longrl.train.optim import build_optimizer, build_scheduler, seed_everything
+    from longrl.train.runtime import shard_policy
     from longrl.train.telemetry import Telemetry
 
     accelerator = accelerator or default_accelerator()
@@ -238,6 +254,7 @@ def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str
     held, _ = build_examples(tokenizer, heldout, cfg.max_seq_tokens)
     if not train:
         raise ValueError(f"no SFT examples left ({skipped} over sft.max_seq_tokens={cfg.max_seq_tokens})")
+    model = shard_policy(model, accelerator)  # FSDP2 when the accelerate config says so (docs/scaling.md)
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, tuple(o.betas))
