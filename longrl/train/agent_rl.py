@@ -265,7 +265,8 @@ def train_agent_rl(model, tokenizer, sampler: rl.BatchSampler, reward_fn: rl.Rew
             return RLResult(steps=steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
                             skipped_updates=run.skipped_updates, already_complete=True)
         if start < steps:
-            run.generator.sync_weights(accelerator.unwrap_model(run.model))
+            run.rollout.refresh_for(run.generator)
+            run.generator.sync_weights(run.rollout.module)  # the engine starts from model.path
         metrics = _loop(run, make_agent(run), run_dir, start, extra_state)
     finally:
         if own_generator:
