@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from longrl.models import save_pretrained_dir
+from longrl.rollout.base import Generator
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +273,6 @@ class RolloutPolicy:
         """:meth:`refresh` when ``generator`` reads the weights: it samples from the replica, or it has its
         own copy to sync (overrides ``sync_weights`` / ``update_weights``). Every process must call it
         with generators of one type."""
-        from longrl.rollout.base import Generator
-
         kind = type(generator)
         samples_from_replica = self.replica is not None and getattr(generator, "model", None) is self.replica
         if (samples_from_replica or kind.sync_weights is not Generator.sync_weights
