@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        rc = int(importlib.import_module(args._module).run(args) or 0)
     except (ConfigError, RecordError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the run directory holds the last checkpoint; re-run the same command to resume",
               file=sys.stderr)
         return 130
+    if "torch.distributed" in sys.modules:   # a multi-process launch: leave without the teardown abort
+        from longrl.train.runtime import exit_distributed
+
+        exit_distributed(rc)
+    return rc
 
 
 if __name__ == "__main__":

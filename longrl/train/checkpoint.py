@@ -31,7 +31,10 @@ from typing import Any
 
 import torch
 
+from longrl.config import ConfigError
+from longrl.models import hf_progress_bars_off
 from longrl.train.optim import rng_state, set_rng_state
+from longrl.train.runtime import full_tensors, is_sharded, save_pretrained_gathered
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +132,6 @@ def save_checkpoint(root: str | Path, step: int, *, model, optimizer=None, sched
     A sharded (FSDP2) model and its optimizer are gathered first, every process taking part, into
     whole tensors on the main process's CPU, which writes them in the unsharded layout (``model/`` a
     Hugging Face directory; ``optimizer.pt`` the full optimizer state keyed by parameter name)."""
-    from longrl.train.runtime import full_tensors, is_sharded
-
     root = Path(root)
     tmp = root / f"{TMP_PREFIX}{PREFIX}{step:08d}"
     main = accelerator is None or accelerator.is_main_process
@@ -147,8 +148,6 @@ def save_checkpoint(root: str | Path, step: int, *, model, optimizer=None, sched
     final = step_dir(root, step)
     if main:
         if sharded:
-            from longrl.train.runtime import save_pretrained_gathered
-
             save_pretrained_gathered(model, weights, tmp / "model")
         else:
             _save_model_quietly(_unwrap(model, accelerator), tmp / "model")
@@ -182,8 +181,6 @@ def _full_optimizer_state(model, optimizer) -> dict[str, Any]:
 
 def _save_model_quietly(model, path: Path) -> None:
     """``save_pretrained`` without transformers' per-call progress bar."""
-    from longrl.models import hf_progress_bars_off
-
     with hf_progress_bars_off():
         model.save_pretrained(path, safe_serialization=True)
 
@@ -241,8 +238,6 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
     sharded (FSDP2) model is loaded from the main process's read of the files, each process keeping its
     shards (every process must call this).
     """
-    from longrl.train.runtime import is_sharded
-
     path = Path(path)
     verify_checkpoint(path)
     if is_sharded(model):
@@ -383,7 +378,6 @@ def check_run_config(run_dir: str | Path, config: dict[str, Any], *, allow_chang
     """
     import yaml
 
-    from longrl.config import ConfigError
 
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():

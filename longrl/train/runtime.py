@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from longrl.models import save_pretrained_dir
+from longrl.rollout.base import Generator
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,25 @@ def _close_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_distributed(rc: int) -> None:
+    """In a process of a multi-process launch: wait for the others, close the process group, flush, and
+    leave with ``rc`` at once (``os._exit``). Interpreter teardown with gloo's threads still alive
+    sometimes aborts ("terminate called without an active exception", about 1 launch in 20 here) after
+    all work is done, which the launcher reports as a failed run. A single process returns normally."""
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(rc)
 
 
 # ---------------------------------------------------------------------------- FSDP2
@@ -253,8 +273,6 @@ class RolloutPolicy:
         """:meth:`refresh` when ``generator`` reads the weights: it samples from the replica, or it has its
         own copy to sync (overrides ``sync_weights`` / ``update_weights``). Every process must call it
         with generators of one type."""
-        from longrl.rollout.base import Generator
-
         kind = type(generator)
         samples_from_replica = self.replica is not None and getattr(generator, "model", None) is self.replica
         if (samples_from_replica or kind.sync_weights is not Generator.sync_weights

@@ -25,9 +25,31 @@ from pathlib import Path
 
 import torch
 
+from longrl.config import ConfigError, LoggingConfig, load_config
+from longrl.data.prompt import chat_prompt_ids
 from longrl.data.readers import read_sources
 from longrl.data.records import DocQASample
-from longrl.train.runtime import default_accelerator, save_final
+from longrl.locations import check_model_config
+from longrl.models import build_tiny_policy, load_policy, save_pretrained_dir
+from longrl.train.checkpoint import announce_resume, load_checkpoint, open_run, save_checkpoint
+from longrl.train.group_forward import unwrap_peft
+from longrl.train.logprobs import token_logprobs_entropy
+from longrl.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    pack_by_token_budget,
+    seed_everything,
+    shard,
+    synced_update,
+)
+from longrl.train.runtime import (
+    default_accelerator,
+    lockstep_batches,
+    save_final,
+    shard_policy,
+    sharded_forward,
+)
+from longrl.train.telemetry import Telemetry
 
 SFT_TEMPLATE = "<think>\n{reasoning}\n</think>\n\nTherefore, the answer is {answer}."
 """Assistant target for samples without a full ``metadata["response"]``."""
@@ -65,8 +87,6 @@ def sft_target(sample: DocQASample) -> str:
 
 def build_examples(tokenizer, samples: list[DocQASample], max_seq_tokens: int = 0) -> tuple[list[SFTExample], int]:
     """Tokenised examples and the number skipped for exceeding ``max_seq_tokens`` (0 = no limit)."""
-    from longrl.data.prompt import chat_prompt_ids
-
     out, skipped = [], 0
     for s in samples:
         target = tokenizer.encode(sft_target(s), add_special_tokens=False) + [tokenizer.eos_token_id]
@@ -105,9 +125,6 @@ def target_logprobs(model, examples: list[SFTExample], chunk: int,
     Returns ``(logps_BT, target_mask_BT, prompt_mask_BT)``: the masks mark positions predicting a target
     token and (with ``with_prompt``; else all False) a prompt token after the first.
     """
-    from longrl.train.group_forward import unwrap_peft
-    from longrl.train.logprobs import token_logprobs_entropy
-
     base = unwrap_peft(model)
     head = base.get_output_embeddings()
     device = head.weight.device
@@ -146,8 +163,6 @@ def nll_sum(model, examples: list[SFTExample], budget: int, chunk: int, scale: f
 
 def micro_batches(examples: list[SFTExample], budget: int) -> list[list[SFTExample]]:
     """``examples`` packed in order into micro-batches of at most ``budget`` tokens."""
-    from longrl.train.optim import pack_by_token_budget
-
     return [[examples[i] for i in idx] for idx in pack_by_token_budget([e.n_tokens for e in examples], budget)]
 
 
@@ -163,8 +178,6 @@ def nll_sums(model, examples: list[SFTExample], budget: int, chunk: int, scale: 
     :func:`~longrl.train.runtime.lockstep_batches`; weight 0 = a pass that only keeps sharded processes
     in step) replaces the packing of ``examples``.
     """
-    from longrl.train.runtime import sharded_forward
-
     total, total_prompt = 0.0, 0.0
     for mb, weight in passes if passes is not None else [(mb, 1.0) for mb in micro_batches(examples, budget)]:
         logps_BT, mask_BT, prompt_BT = sharded_forward(model, target_logprobs, mb, chunk,
@@ -180,9 +193,6 @@ def nll_sums(model, examples: list[SFTExample], budget: int, chunk: int, scale: 
 
 def heldout_loss(model, examples: list[SFTExample], budget: int, chunk: int, accelerator) -> float:
     """Token-mean NLL over ``examples`` (sharded over processes)."""
-    from longrl.train.optim import shard
-    from longrl.train.runtime import lockstep_batches
-
     if not examples:
         return float("nan")
     world = accelerator.num_processes
@@ -198,9 +208,6 @@ def heldout_loss(model, examples: list[SFTExample], budget: int, chunk: int, acc
 
 def _sft_step(model, params, optimizer, scheduler, accelerator, batch: list[SFTExample], cfg) -> dict[str, float]:
     """One optimizer step on ``batch`` (this process trains its round-robin share)."""
-    from longrl.train.optim import shard, synced_update
-    from longrl.train.runtime import lockstep_batches
-
     w = cfg.prompt_loss_weight
     n_targets = sum(len(e.target_ids) for e in batch)
     n_prompt = sum(len(e.prompt_ids) - 1 for e in batch)
@@ -237,10 +244,6 @@ def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str
     """
     from dataclasses import asdict
 
-    from longrl.train.checkpoint import announce_resume, load_checkpoint, open_run, save_checkpoint
-    from longrl.train.optim import build_optimizer, build_scheduler, seed_everything
-    from longrl.train.runtime import shard_policy
-    from longrl.train.telemetry import Telemetry
 
     accelerator = accelerator or default_accelerator()
     run_dir = Path(run_dir)
@@ -295,8 +298,6 @@ def train_sft(model, tokenizer, samples: list[DocQASample], cfg, *, run_dir: str
 
 
 def _telemetry(cls, run_dir, total, start, logging_cfg, accelerator):
-    from longrl.config import LoggingConfig
-
     lc = logging_cfg or LoggingConfig()
     return cls(run_dir, total_steps=total, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
                tensorboard=lc.tensorboard, wandb_project=lc.wandb_project, progress=lc.progress,
@@ -319,8 +320,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def init_tiny_model(path: str, samples: list[DocQASample], hidden: int, layers: int) -> None:
     """Save at ``path`` the from-scratch policy (:func:`longrl.models.build_tiny_policy`) whose tokenizer is
     trained on ``samples``' texts."""
-    from longrl.models import build_tiny_policy, save_pretrained_dir
-
     texts = [t for s in samples for t in (s.document, s.question, sft_target(s))]
     model, tok = build_tiny_policy(texts, hidden_size=hidden, num_layers=layers)
     save_pretrained_dir(model, tok, path)
@@ -336,10 +335,6 @@ def sft_run_config(cfg) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longrl.config import ConfigError, load_config
-    from longrl.locations import check_model_config
-    from longrl.models import load_policy
-
     cfg = load_config(args.config, args.overrides)
     check_model_config(cfg, path=not (args.init_tiny and cfg.model.path and not Path(cfg.model.path).exists()))
     sources = cfg.sft.sources or cfg.data.sources

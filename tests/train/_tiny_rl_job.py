@@ -54,6 +54,7 @@ def main(argv: list[str]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from longrl.train.rl import train_rl
+    from longrl.train.runtime import exit_distributed
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     model_dir, run_dir, overrides = argv[0], argv[1], argv[2:]
@@ -62,6 +63,11 @@ def main(argv: list[str]) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     sampler = PhaseSampler(make_samples(), batch_size=cfg.rl.prompts_per_step, seed=cfg.seed)
     train_rl(model, tokenizer, sampler, QuarterVocabReward(tokenizer), cfg, run_dir=run_dir)
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    print(f"job done: rank {dist.get_rank() if world > 1 else 0} of world_size={world}", flush=True)
+    exit_distributed(0)   # as `longrl` does under a launcher: no teardown abort after the work is done
 
 
 if __name__ == "__main__":

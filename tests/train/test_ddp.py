@@ -1,4 +1,7 @@
-"""`accelerate launch --num_processes 2 --cpu` (DDP over gloo) matches one process for the same global batch."""
+"""Two processes (DDP over gloo, ``torchrun --nproc_per_node 2``) match one process for the same global batch.
+
+``accelerate launch --cpu --num_processes 2`` on a machine without GPUs starts ONE process (world size 1),
+so the test launches with torchrun and checks that two ranks really ran."""
 
 from __future__ import annotations
 
@@ -31,16 +34,17 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def test_two_processes_match_one(tiny_model_dir, tmp_path):
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    assert Path(accelerate).exists(), "the accelerate CLI (a dependency of longrl) is missing"
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    assert Path(torchrun).exists(), "the torchrun CLI (part of torch) is missing"
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, str(JOB), str(tiny_model_dir), str(one), *ARGS], check=True, env=ENV,
                    capture_output=True, timeout=300)
-    launch = [accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    launch = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     proc = subprocess.run([*launch, str(JOB), str(tiny_model_dir), str(two), *ARGS], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("job done")) == [
+        "job done: rank 0 of world_size=2", "job done: rank 1 of world_size=2"], proc.stdout[-2000:]
     # 3 prompts over 2 processes: uneven shards (2 + 1) and uneven micro-batch counts
     updates = 0
     for m1, m2 in zip(_metrics(one), _metrics(two), strict=True):
