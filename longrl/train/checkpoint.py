@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from longrl.config import ConfigError
+from longrl.config import Config, ConfigError
 from longrl.models import hf_progress_bars_off
 from longrl.train.optim import rng_state, set_rng_state
 from longrl.train.runtime import full_tensors, is_sharded, save_pretrained_gathered
@@ -378,11 +378,14 @@ def check_run_config(run_dir: str | Path, config: dict[str, Any], *, allow_chang
     """
     import yaml
 
-
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         return []
-    changes = config_changes(yaml.safe_load(path.read_text()) or {}, config)
+    saved = yaml.safe_load(path.read_text()) or {}
+    changes = config_changes(saved, config)
+    # a key the saved config predates (a section added to longrl since), left at its default, is no change
+    old, defaults = _flatten(saved), _flatten(Config().to_dict())
+    changes = [c for c in changes if not (c[0] not in old and c[0] in defaults and c[2] == defaults[c[0]])]
     altering = [c for c in changes if not is_harmless_change(c[0])]
     if altering and not allow_change:
         key = altering[0][0]

@@ -119,3 +119,21 @@ def test_harmless_config_keys(key, harmless):
     from longrl.train.checkpoint import is_harmless_change
 
     assert is_harmless_change(key) is harmless
+
+
+def test_a_section_added_since_the_run_started_is_no_change_at_its_default(tmp_path):
+    """A run saved before a config section existed (e.g. `agent`) resumes when that section is at its
+    default; a non-default value there is still a change."""
+    import yaml
+
+    from longrl.config import Config, ConfigError
+    from longrl.train.checkpoint import RUN_CONFIG, check_run_config
+
+    new = Config().to_dict()
+    saved = {k: v for k, v in new.items() if k != "agent"}
+    (tmp_path / RUN_CONFIG).write_text(yaml.safe_dump(saved))
+    assert check_run_config(tmp_path, new) == []
+    changed = Config().to_dict()
+    changed["agent"]["chunk_tokens"] = changed["agent"]["chunk_tokens"] + 1
+    with pytest.raises(ConfigError, match="agent.chunk_tokens"):
+        check_run_config(tmp_path, changed)
