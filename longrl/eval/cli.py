@@ -4,6 +4,9 @@
     longrl eval --benchmarks hotpotqa --data-dir DATA --model-path DIR          (in-process HF)
     longrl eval score PREDICTIONS.jsonl --out SCORED.jsonl
     longrl eval ... --agent memory      (read in chunks with a bounded memory; agent.* settings, docs/agent.md)
+
+Its longrl imports sit inside the functions that use them (deliberately): `longrl eval score` (re-scoring
+saved responses) and `longrl eval --help` then never load torch and transformers.
 """
 
 from __future__ import annotations

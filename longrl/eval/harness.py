@@ -23,9 +23,14 @@ from typing import Any
 
 from longrl import http
 from longrl.config import ConfigError, EvalConfig
+from longrl.data.prompt import middle_truncate, render_user_prompt
+from longrl.data.readers import _answer_list, _FieldError, _iter_json_records
 from longrl.data.records import DocQASample, RecordError
 from longrl.eval.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from longrl.eval.metrics import judge_prediction, split_thinking
+from longrl.eval.report import write_reports
+from longrl.rewards.judge import JudgeRequest
+from longrl.rollout.hf import HFGenerator
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,6 @@ def _chat_len(tokenizer, messages: list[dict[str, str]]) -> int:
 
 def build_messages(tokenizer, sample: DocQASample, max_input_tokens: int) -> tuple[list[dict[str, str]], int, bool]:
     """(chat messages, prompt tokens, truncated): the document is middle-truncated to fit the budget."""
-    from longrl.data.prompt import middle_truncate, render_user_prompt
-
     def messages(document: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": render_user_prompt(document, sample.question)}]
 
@@ -213,8 +216,6 @@ class InProcessBackend:
     samples drawn together from one shared prefill)."""
 
     def __init__(self, model, tokenizer, seed: int = 0):
-        from longrl.rollout.hf import HFGenerator
-
         self.tokenizer = tokenizer
         self.generator = HFGenerator(model, tokenizer, shared_prefill=True, seed=seed)
 
@@ -317,8 +318,6 @@ def evaluate_benchmarks(samples: dict[str, list[DocQASample]], cfg: EvalConfig, 
     table.md; returns (summary, generation counts). ``generate`` replaces :func:`generate_all` (same
     arguments and result; its ``meta`` joins the cache's settings): the memory agent of
     ``longrl eval --agent memory`` (:class:`longrl.eval.agent_eval.AgentGeneration`)."""
-    from longrl.eval.report import write_reports
-
     meta = generation_meta(label, cfg) | {"agent": getattr(generate, "meta", None)}
     cache, counts = (generate or generate_all)(samples, cfg, backend, tokenizer, out_dir, meta, progress=progress)
     records = score_generations(samples, cache, cfg, tokenizer, judge)
@@ -360,8 +359,6 @@ def apply_judge(records: list[dict[str, Any]], questions: dict[tuple[str, str], 
 
     Statuses: 'yes' / 'no' (a verdict), 'no_verdict' (the judge failed: the rule score stands, and the
     record is counted), 'no_answer' (nothing to judge), 'failed' (the generation failed)."""
-    from longrl.rewards.judge import JudgeRequest
-
     todo, reqs = [], []
     for rec in records:
         pred = rec["pred"]
@@ -409,8 +406,6 @@ PREDICTION_FIELDS = ("benchmark", "id", "response", "answers")
 
 def _check_prediction(rec: Any) -> None:
     """Raise _FieldError for a predictions line that :func:`scored_from_predictions` cannot score."""
-    from longrl.data.readers import _answer_list, _FieldError
-
     if not isinstance(rec, dict):
         raise _FieldError("<record>", "expected a JSON object")
     for f in PREDICTION_FIELDS:
@@ -432,8 +427,6 @@ def read_predictions(path: str | Path, on_error: str = "raise", skips=None) -> l
     count) and the field, raised (``on_error="raise"``) or recorded in ``skips``, a
     :class:`~longrl.data.readers.SkipLog` (``"skip"``).
     """
-    from longrl.data.readers import _FieldError, _iter_json_records
-
     path = Path(path)
     if not path.is_file():
         raise RecordError(str(path), "-", "<file>", "not found")
