@@ -36,7 +36,6 @@ from accelerate.utils import gather_object
 
 from longrl.agent import MemoryAgent, Trajectory
 from longrl.algo.advantages import compute_advantages
-from longrl.algo.filtering import DynamicBatch
 from longrl.algo.shaping import overlong_penalty
 from longrl.config import ConfigError, load_config
 from longrl.curriculum.phases import PhaseSampler
@@ -129,30 +128,9 @@ def score_groups(run: RLRun, agent: MemoryAgent, groups: list[AgentGroup]) -> No
 
 
 def collect_batch(run: RLRun, agent: MemoryAgent, step: int) -> tuple[list[AgentGroup], list[AgentGroup], dict]:
-    """Steps 1-3: rounds of trajectories until the dynamic batch is full or capped (as ``rl.collect_batch``)."""
-    ds = run.cfg.rl.dynamic_sampling
-    dyn = DynamicBatch(target_groups=run.cfg.rl.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
-                       on_cap=ds.on_cap)
-    generated: list[AgentGroup] = []
-    kept: list[AgentGroup] = []
-    while not dyn.done:
-        groups = rollout_round(run, agent, run.sampler.next_batch(), step, dyn.rounds)
-        generated += groups
-        if run.on_accuracies is not None:
-            for g in groups:
-                run.on_accuracies(g.sample, list(g.accs))
-        if not ds.enabled:
-            kept = groups
-            break
-        values = [v for g in groups for v in (g.accs if ds.metric == "acc" else g.rewards)]
-        dyn.add_round(values, [g.index for g in groups for _ in g.trajectories])
-        kept_ids = set(dyn.kept)
-        kept += [g for g in groups if g.index in kept_ids]
-    if ds.enabled:
-        dyn.finish()
-        return kept, generated, dyn.metrics()
-    return kept, generated, {"sampling/kept_groups": float(len(kept)), "sampling/filtered_groups": 0.0,
-                             "sampling/rounds": 1.0}
+    """Steps 1-3: rounds of trajectories until the dynamic batch is full or capped (``rl.collect_batch`` with
+    the agent's rounds)."""
+    return rl.collect_batch(run, step, lambda r, samples, s, k: rollout_round(r, agent, samples, s, k))
 
 
 # ---------------------------------------------------------------------------- 4: the trajectory advantage on every turn

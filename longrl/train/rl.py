@@ -263,18 +263,21 @@ def rollout_round(run: RLRun, samples: list[DocQASample], step: int, round_idx: 
     return groups
 
 
-def collect_batch(run: RLRun, step: int) -> tuple[list[Group], list[Group], dict[str, float]]:
+def collect_batch(run: RLRun, step: int, rollout=None) -> tuple[list, list, dict[str, float]]:
     """Steps 1-3: rounds of rollouts until the dynamic batch is full or capped.
 
-    Returns ``(kept groups, every generated group, sampling/* metrics)``.
+    ``rollout(run, samples, step, round) -> groups`` makes one round (default :func:`rollout_round`; the
+    memory agent passes its trajectory rounds); a group has ``index``, ``sample``, ``accs`` and ``rewards``
+    (one per member). Returns ``(kept groups, every generated group, sampling/* metrics)``.
     """
+    rollout = rollout or rollout_round
     ds = run.cfg.rl.dynamic_sampling
     dyn = DynamicBatch(target_groups=run.cfg.rl.prompts_per_step, max_rounds=ds.max_rounds if ds.enabled else 1,
                        on_cap=ds.on_cap)
     generated: list[Group] = []
     kept: list[Group] = []
     while not dyn.done:
-        groups = rollout_round(run, run.sampler.next_batch(), step, dyn.rounds)
+        groups = rollout(run, run.sampler.next_batch(), step, dyn.rounds)
         generated += groups
         if run.on_accuracies is not None:
             for g in groups:
@@ -283,7 +286,7 @@ def collect_batch(run: RLRun, step: int) -> tuple[list[Group], list[Group], dict
             kept = groups
             break
         values = [v for g in groups for v in (g.accs if ds.metric == "acc" else g.rewards)]
-        dyn.add_round(values, [g.index for g in groups for _ in g.texts])
+        dyn.add_round(values, [g.index for g in groups for _ in g.accs])
         kept_ids = set(dyn.kept)
         kept += [g for g in groups if g.index in kept_ids]
     if ds.enabled:

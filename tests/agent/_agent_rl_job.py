@@ -9,8 +9,10 @@ Every generator call appends a line to ``RUN_DIR.calls`` (so the test can kill t
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from _tiny_rl_job import QuarterVocabReward, Score  # noqa: E402,F401  (the same stand-in reward as the RL job)
 
 from longrl.config import load_config
 from longrl.curriculum.phases import PhaseSampler
@@ -25,26 +27,6 @@ BASE = [
     "agent.memory_tokens=4", "agent.memory_template='Q: $Q$ M: $MEM$ C: $CHUNK$'",
     "agent.answer_template='M: $MEM$ Q: $Q$ $FMT$'",
 ]
-
-
-@dataclass
-class Score:
-    score: float
-    acc: float
-    pred: str | None
-
-
-class QuarterVocabReward:
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, samples, responses):
-        out = []
-        for text in responses:
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
-            score = sum(1 for i in ids if i % 4 == 0) / max(1, len(ids))
-            out.append(Score(score, float(score >= 0.5), text))
-        return out
 
 
 class LoggedGenerator(HFGenerator):
