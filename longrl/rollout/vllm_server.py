@@ -175,14 +175,22 @@ class VLLMServerGenerator(Generator):
                            f"same command to resume from the last checkpoint{self._log_tail()}")
 
     def close(self) -> None:
-        """Stop the server longrl started (SIGTERM, then SIGKILL) and remove the sync files."""
+        """Stop the server longrl started (SIGTERM, then SIGKILL) and remove the sync files.
+
+        The whole process group goes, also when the API server itself already died (a kill -9): its
+        ``EngineCore`` child would otherwise live on, holding the model's memory."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                pass
+        if self.proc is not None:
+            try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
         for f in self.sync_dir.glob("*.safetensors"):
             f.unlink()
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import pytest
 from _tiny_rl_job import BASE, QuarterVocabReward, make_samples
@@ -29,6 +30,18 @@ def _cfg(model_dir, extra=()):
         "rl.dynamic_sampling.enabled=false", "rollout.backend=vllm-server", f"model.path={model_dir}",
         f"rollout.vllm_python={sys.executable}", "rollout.vllm_kv_cache_gib=1", "rollout.max_retries=1",
         "rollout.timeout_s=120", *extra])
+
+
+def _group_gone(pgid: int, timeout_s: float) -> bool:
+    """True once no process of group ``pgid`` is left (a SIGKILLed one takes a moment to be reaped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +102,8 @@ def test_server_killed_mid_run_then_resume(server, tiny64_dir, tmp_path):
         train_rl(model, tok, sampler(), killing_reward, cfg, run_dir=tmp_path, generator=server)
     hist = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [1, 2]
+    server.close()   # the API server is gone; its EngineCore child must not outlive close()
+    assert _group_gone(server.proc.pid, timeout_s=10), "a process of the killed server's group outlived close()"
     model = AutoModelForCausalLM.from_pretrained(tiny64_dir)  # a new process would start from scratch
     result = train_rl(model, tok, sampler(), reward, cfg, run_dir=tmp_path)  # builds (and closes) a new server
     assert result.steps == 4
