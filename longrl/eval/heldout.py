@@ -8,7 +8,6 @@ answer after the last marker), so the numbers are the accuracy the reward measur
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,7 +71,6 @@ def evaluate_sets(model, tokenizer, sets: dict[str, list[DocQASample]], cfg: Eva
     started afresh, so the result depends only on the model, the sets and ``seed``."""
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
-    cfg = dataclasses.replace(cfg, first_gold_only=False)
     backend = BatchedBackend(model, tokenizer, batch_size=batch_size, seed=seed, token_budget=token_budget)
     done = [0]
 

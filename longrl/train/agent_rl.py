@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,19 +35,9 @@ from accelerate.utils import gather_object
 from longrl.agent import MemoryAgent, Trajectory
 from longrl.algo.advantages import compute_advantages
 from longrl.algo.shaping import overlong_penalty
-from longrl.config import ConfigError, load_config
-from longrl.curriculum.phases import PhaseSampler
-from longrl.curriculum.samplers import PhaseSpec, source_weights
-from longrl.data.readers import read_sources
 from longrl.data.records import DocQASample
-from longrl.locations import check_model_config
-from longrl.models import load_policy
 from longrl.train import rl
-from longrl.train.checkpoint import open_run, save_checkpoint
-from longrl.train.optim import seed_everything
 from longrl.train.rl import RLResult, RLRun, Seq
-from longrl.train.runtime import default_accelerator, save_final
-from longrl.train.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -217,65 +205,15 @@ def trajectory_records(groups: list[AgentGroup], n: int) -> list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------- the loop
-def train_agent_rl(model, tokenizer, sampler: rl.BatchSampler, reward_fn: rl.RewardFn, cfg, *,
-                   run_dir: str | Path, phase: PhaseSpec | None = None, seed: int | None = None,
-                   on_accuracies: rl.AccuracyCallback | None = None, generator=None, ref_model=None,
-                   extra_state: dict[str, Any] | None = None, accelerator=None,
-                   allow_config_change: bool = False) -> RLResult:
+def train_agent_rl(model, tokenizer, sampler: rl.BatchSampler, reward_fn: rl.RewardFn, cfg, **kwargs) -> RLResult:
     """:func:`longrl.train.rl.train_rl` for the memory agent (``cfg.agent``): same arguments, run directory
-    layout, checkpoints, resume rules and result; ``rollout.max_new_tokens`` (or the phase's output budget)
-    is the answer turn's budget unless ``agent.answer_new_tokens`` sets it."""
-    accelerator = accelerator or default_accelerator()
-    source_of = cfg.source_of
-    cfg = rl.phase_config(cfg, phase, seed)
-    steps = cfg.rl.steps
-    run_dir, extra_state = Path(run_dir), extra_state or {}
-    ckpt = open_run(run_dir, cfg.to_dict(), allow_change=allow_config_change, source_of=source_of,
-                    main=accelerator.is_main_process)
-    seed_everything(cfg.seed)
-    own_generator = generator is None
-    run = rl._build_run(model, tokenizer, sampler, reward_fn, cfg, generator, ref_model, on_accuracies, accelerator)
-    try:
-        start = rl._resume(run, ckpt, extra_state, run_dir)
-        if start >= steps and (run_dir / "final").is_dir():
-            if accelerator.is_main_process:
-                print(f"{run_dir}: already complete at step {start}; nothing to do", file=sys.stderr)
-            return RLResult(steps=steps, final_dir=run_dir / "final", last_metrics=run.last_metrics,
-                            skipped_updates=run.skipped_updates, already_complete=True)
-        if start < steps:
-            run.rollout.refresh_for(run.generator)
-            run.generator.sync_weights(run.rollout.module)  # the engine starts from model.path
-        metrics = _loop(run, make_agent(run), run_dir, start, extra_state)
-    finally:
-        if own_generator:
-            run.generator.close()
-    final = save_final(model, tokenizer, run_dir / "final", accelerator)
-    return RLResult(steps=steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
+    layout, checkpoints, resume rules and result, with :func:`agent_step` as the step; ``rollout.max_new_tokens``
+    (or the phase's output budget) is the answer turn's budget unless ``agent.answer_new_tokens`` sets it."""
+    def make_step(run: RLRun):
+        agent = make_agent(run)
+        return (lambda r, step: agent_step(r, agent, step)), trajectory_records
 
-
-def _loop(run: RLRun, agent: MemoryAgent, run_dir: Path, start: int, extra_state: dict[str, Any]) -> dict[str, float]:
-    """Steps ``start .. rl.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
-    c, lc = run.cfg, run.cfg.logging
-    steps = c.rl.steps
-    tel = Telemetry(run_dir, total_steps=steps, start_step=start, description=run_dir.name, jsonl=lc.jsonl,
-                    tensorboard=lc.tensorboard, wandb_project=lc.wandb_project, progress=lc.progress,
-                    enabled=run.accelerator.is_main_process, config=c.to_dict())
-    metrics = dict(run.last_metrics)
-    try:
-        for step in range(start, steps):
-            metrics, generated = agent_step(run, agent, step)
-            run.last_metrics = metrics
-            if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == steps):
-                tel.log(step + 1, metrics)
-            if lc.rollout_samples_every and (step + 1) % lc.rollout_samples_every == 0:
-                tel.write_samples(step + 1, trajectory_records(generated, lc.rollout_samples))
-            if (c.save_every and (step + 1) % c.save_every == 0) or step + 1 == steps:
-                save_checkpoint(run_dir / "checkpoints", step + 1, model=run.model, optimizer=run.optimizer,
-                                scheduler=run.scheduler, state=rl._checkpoint_state(run, extra_state),
-                                accelerator=run.accelerator, keep=c.keep_checkpoints)
-    finally:
-        tel.close()
-    return metrics
+    return rl.train_rl(model, tokenizer, sampler, reward_fn, cfg, make_step=make_step, **kwargs)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -285,24 +223,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`longrl agent-rl`: RL of the memory agent over data.sources, written to <output_dir>/agent_rl (resumable)."""
-    cfg = load_config(args.config, args.overrides)
-    check_model_config(cfg)
-    if not cfg.data.sources:
-        raise ConfigError("data.sources", "no RL data: set data.sources", args.config)
-    samples = read_sources(cfg.data.sources, cfg.data.on_error)
-    sampler = PhaseSampler(samples, batch_size=cfg.rl.prompts_per_step, seed=cfg.seed,
-                           weights_by_source=source_weights(cfg.data.sources, samples, "data.sources"),
-                           task_balanced=cfg.curriculum.task_balanced)
-    accelerator = default_accelerator()
-    model, tokenizer = load_policy(cfg.model)
-    model.to(accelerator.device)
-    result = train_agent_rl(model, tokenizer, sampler, rl.make_reward_fn(cfg.reward), cfg,
-                            run_dir=Path(cfg.output_dir) / "agent_rl", accelerator=accelerator,
-                            allow_config_change=args.allow_config_change)
-    if accelerator.is_main_process:
-        m = result.last_metrics
-        head = f"agent RL already complete at step {result.steps}" if result.already_complete else "agent RL done"
-        print(f"{head}: {result.steps} steps, reward {m.get('reward/mean', float('nan')):.3f}, "
-              f"acc {m.get('reward/acc', float('nan')):.3f}, turns {m.get('agent/turns_mean', float('nan')):.1f}, "
-              f"skipped updates {result.skipped_updates}; model in {result.final_dir}")
-    return 0
+    return rl.run_command(args, train_agent_rl, "agent_rl", "agent RL",
+                          lambda m: f", turns {m.get('agent/turns_mean', float('nan')):.1f}")

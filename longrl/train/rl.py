@@ -682,7 +682,7 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
              phase: PhaseSpec | None = None, seed: int | None = None,
              on_accuracies: AccuracyCallback | None = None, generator=None,
              ref_model=None, extra_state: dict[str, Any] | None = None, accelerator=None,
-             allow_config_change: bool = False) -> RLResult:
+             allow_config_change: bool = False, make_step=None) -> RLResult:
     """Run (or resume, or re-enter after completion) one RL phase on ``model`` in place.
 
     ``cfg`` is the :class:`~longrl.config.Config` (algo, rl, rollout, reward.overlong, logging, seed,
@@ -700,7 +700,10 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
     ConfigError unless ``allow_config_change`` (see :func:`longrl.train.checkpoint.check_run_config`).
     A finished run (last checkpoint at the last step, ``final`` written) is reported, with its saved
     final metrics, and left untouched. The final model + tokenizer are written to ``run_dir/final``.
-    Every process must call this with the same arguments.
+    Every process must call this with the same arguments. ``make_step(run) -> (step_fn, records_fn)`` swaps
+    the step (``step_fn(run, step) -> (metrics, generated)``) and its rollout-sample records
+    (``records_fn(generated, n)``); default :func:`rl_step` / :func:`sample_records` (the memory agent
+    passes its own: :mod:`longrl.train.agent_rl`).
     """
     accelerator = accelerator or default_accelerator()
     source_of = cfg.source_of
@@ -722,7 +725,8 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
         if start < steps:
             run.rollout.refresh_for(run.generator)
             run.generator.sync_weights(run.rollout.module)  # the engine starts from model.path
-        metrics = _loop(run, run_dir, start, extra_state)
+        step_fn, records_fn = make_step(run) if make_step else (rl_step, sample_records)
+        metrics = _loop(run, run_dir, start, extra_state, step_fn, records_fn)
     finally:
         if own_generator:
             run.generator.close()
@@ -730,7 +734,8 @@ def train_rl(model, tokenizer, sampler: BatchSampler, reward_fn: RewardFn, cfg, 
     return RLResult(steps=steps, final_dir=final, last_metrics=metrics, skipped_updates=run.skipped_updates)
 
 
-def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any]) -> dict[str, float]:
+def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any], step_fn, records_fn
+          ) -> dict[str, float]:
     """Steps ``start .. rl.steps - 1`` with telemetry and checkpoints; returns the last step's metrics."""
     c, lc = run.cfg, run.cfg.logging
     steps = c.rl.steps
@@ -740,12 +745,12 @@ def _loop(run: RLRun, run_dir: Path, start: int, extra_state: dict[str, Any]) ->
     metrics = dict(run.last_metrics)
     try:
         for step in range(start, steps):
-            metrics, generated = rl_step(run, step)
+            metrics, generated = step_fn(run, step)
             run.last_metrics = metrics
             if lc.log_every and ((step + 1) % lc.log_every == 0 or step + 1 == steps):
                 tel.log(step + 1, metrics)
             if lc.rollout_samples_every and (step + 1) % lc.rollout_samples_every == 0:
-                tel.write_samples(step + 1, sample_records(generated, lc.rollout_samples))
+                tel.write_samples(step + 1, records_fn(generated, lc.rollout_samples))
             if (c.save_every and (step + 1) % c.save_every == 0) or step + 1 == steps:
                 save_checkpoint(run_dir / "checkpoints", step + 1, model=run.model, optimizer=run.optimizer,
                                 scheduler=run.scheduler, state=_checkpoint_state(run, extra_state),
@@ -765,6 +770,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`longrl rl`: one RL stage over data.sources, written to <output_dir>/rl (resumable)."""
+    return run_command(args, train_rl, "rl", "RL")
+
+
+def run_command(args: argparse.Namespace, train, out_name: str, label: str,
+                describe: Callable[[dict], str] = lambda m: "") -> int:
+    """A training command over ``data.sources`` (``longrl rl``, ``longrl agent-rl``): ``train`` (a function
+    with :func:`train_rl`'s signature) writes to ``<output_dir>/<out_name>``; ``describe(metrics)`` adds to
+    the summary line."""
     cfg = load_config(args.config, args.overrides)
     check_model_config(cfg)
     if not cfg.data.sources:
@@ -776,13 +789,13 @@ def run(args: argparse.Namespace) -> int:
     accelerator = default_accelerator()
     model, tokenizer = load_policy(cfg.model)
     model.to(accelerator.device)
-    result = train_rl(model, tokenizer, sampler, make_reward_fn(cfg.reward), cfg,
-                      run_dir=Path(cfg.output_dir) / "rl", accelerator=accelerator,
-                      allow_config_change=args.allow_config_change)
+    result = train(model, tokenizer, sampler, make_reward_fn(cfg.reward), cfg,
+                   run_dir=Path(cfg.output_dir) / out_name, accelerator=accelerator,
+                   allow_config_change=args.allow_config_change)
     if accelerator.is_main_process:
         m = result.last_metrics
-        head = f"RL already complete at step {result.steps}" if result.already_complete else "RL done"
+        head = f"{label} already complete at step {result.steps}" if result.already_complete else f"{label} done"
         print(f"{head}: {result.steps} steps, reward {m.get('reward/mean', float('nan')):.3f}, "
-              f"acc {m.get('reward/acc', float('nan')):.3f}, skipped updates {result.skipped_updates}; "
+              f"acc {m.get('reward/acc', float('nan')):.3f}{describe(m)}, skipped updates {result.skipped_updates}; "
               f"model in {result.final_dir}")
     return 0

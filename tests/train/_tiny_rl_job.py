@@ -50,6 +50,39 @@ def make_samples(n: int = 8) -> list[DocQASample]:
                         question="Where does the river flow?", answers=["Norwick"]) for i in range(n)]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_metrics(run_dir) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    import json
+    from pathlib import Path
+
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_steps(one, two) -> int:
+    """Two runs of the job took the same steps: equal rewards and token counts, grad norms within 1e-4
+    relative, an update on the same steps (a step with no informative group logs no loss/* keys on both
+    sides alike). Returns the number of steps that made an update."""
+    import pytest
+
+    updates = 0
+    for m1, m2 in zip(run_metrics(one), run_metrics(two), strict=True):
+        assert m1["reward/mean"] == m2["reward/mean"]
+        assert ("loss/active_tokens" in m1) == ("loss/active_tokens" in m2)
+        if "loss/active_tokens" in m1:
+            updates += 1
+            assert m1["loss/active_tokens"] == m2["loss/active_tokens"]
+            assert m1["actor/grad_norm"] == pytest.approx(m2["actor/grad_norm"], rel=1e-4)
+    return updates
+
+
 def main(argv: list[str]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -5,15 +5,14 @@ so the test launches with torchrun and checks that two ranks really ran."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
+from _tiny_rl_job import assert_same_steps, free_port
 from safetensors.torch import load_file
 
 JOB = Path(__file__).with_name("_tiny_rl_job.py")
@@ -21,16 +20,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFF
 ARGS = ["rl.steps=3", "rl.prompts_per_step=3", "rl.mini_batches=1", "save_every=0"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_two_processes_match_one(tiny_model_dir, tmp_path):
@@ -39,22 +28,14 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, str(JOB), str(tiny_model_dir), str(one), *ARGS], check=True, env=ENV,
                    capture_output=True, timeout=300)
-    launch = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    launch = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     proc = subprocess.run([*launch, str(JOB), str(tiny_model_dir), str(two), *ARGS], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(line for line in proc.stdout.splitlines() if line.startswith("job done")) == [
         "job done: rank 0 of world_size=2", "job done: rank 1 of world_size=2"], proc.stdout[-2000:]
     # 3 prompts over 2 processes: uneven shards (2 + 1) and uneven micro-batch counts
-    updates = 0
-    for m1, m2 in zip(_metrics(one), _metrics(two), strict=True):
-        assert m1["reward/mean"] == m2["reward/mean"]
-        # a step with no informative group makes no update and logs no loss/* keys, on both sides alike
-        assert ("loss/active_tokens" in m1) == ("loss/active_tokens" in m2)
-        if "loss/active_tokens" in m1:
-            updates += 1
-            assert m1["loss/active_tokens"] == m2["loss/active_tokens"]
-            assert m1["actor/grad_norm"] == pytest.approx(m2["actor/grad_norm"], rel=1e-4)
+    updates = assert_same_steps(one, two)
     assert updates >= 1, "no step made an update: the comparison would be vacuous"
     a = load_file(str(one / "final" / "model.safetensors"))
     b = load_file(str(two / "final" / "model.safetensors"))

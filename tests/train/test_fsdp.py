@@ -8,7 +8,6 @@ resume to the weights of the uninterrupted sharded run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from _tiny_rl_job import assert_same_steps, free_port, run_metrics
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,18 +34,11 @@ the gradient reduce-scatter and of the sharded gradient norm, amplified by Adam)
 for other CPUs' kernels."""
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _launch(model_dir, run_dir) -> list[str]:
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     assert Path(accelerate).exists(), "the accelerate CLI (a dependency of longrl) is missing"
-    return [accelerate, "launch", "--config_file", str(CONFIG), "--main_process_port", str(_free_port()),
+    return [accelerate, "launch", "--config_file", str(CONFIG), "--main_process_port", str(free_port()),
             str(JOB), str(model_dir), str(run_dir), *ARGS]
 
 
@@ -61,9 +54,6 @@ def _failure(stderr: str) -> str:
     lines = [x for x in stderr.splitlines() if "Error" in x or "error" in x or "abort" in x.lower()]
     return "\n".join(lines[-40:]) + "\n...\n" + stderr[-2000:]
 
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -87,14 +77,7 @@ def runs(tiny_model_dir, tmp_path_factory):
 
 def test_fsdp_two_processes_match_one(runs):
     one, two = runs
-    updates = 0
-    for m1, m2 in zip(_metrics(one), _metrics(two), strict=True):
-        assert m1["reward/mean"] == m2["reward/mean"]
-        assert ("loss/active_tokens" in m1) == ("loss/active_tokens" in m2)
-        if "loss/active_tokens" in m1:
-            updates += 1
-            assert m1["loss/active_tokens"] == m2["loss/active_tokens"]
-            assert m1["actor/grad_norm"] == pytest.approx(m2["actor/grad_norm"], rel=1e-4)
+    updates = assert_same_steps(one, two)
     assert updates >= 2, "fewer than 2 steps made an update: the comparison would be nearly vacuous"
     a, b = _weights(one), _weights(two)
     assert a.keys() == b.keys()
@@ -142,7 +125,7 @@ def test_fsdp_kill_9_and_resume_gives_identical_weights(runs, tiny_model_dir, tm
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    rows = [_metrics(d) for d in (straight, killed)]
+    rows = [run_metrics(d) for d in (straight, killed)]
     assert [r["step"] for r in rows[1]] == [1, 2, 3, 4]
     assert [r["reward/mean"] for r in rows[0]] == [r["reward/mean"] for r in rows[1]]
 
@@ -183,13 +166,13 @@ def test_fsdp_sft_cli_matches_one_process(tiny_model_dir, tmp_path):
     subprocess.run([sys.executable, "-m", "longrl.cli", *common, f"output_dir={one}"], check=True, env=ENV,
                    capture_output=True, timeout=300)
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    proc = subprocess.run([accelerate, "launch", "--config_file", str(CONFIG), "--main_process_port", str(_free_port()),
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(CONFIG), "--main_process_port", str(free_port()),
                            "-m", "longrl.cli", *common, f"output_dir={two}"], env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, _failure(proc.stderr)
     optim = torch.load(two / "sft" / "checkpoints" / "step-00000004" / "optimizer.pt", weights_only=False)
     assert all(isinstance(k, str) for k in optim["state"]), "the run was not sharded (optimizer keyed by position)"
-    rows = [_metrics(d / "sft") for d in (one, two)]
+    rows = [run_metrics(d / "sft") for d in (one, two)]
     assert [r["step"] for r in rows[1]] == [1, 2, 3, 4]
     for m1, m2 in zip(*rows, strict=True):
         assert m1["sft/loss"] == pytest.approx(m2["sft/loss"], rel=1e-5)
