@@ -192,16 +192,7 @@ def agent_metrics(generated: list[AgentGroup], seqs: list[Seq]) -> dict[str, flo
 
 def trajectory_records(groups: list[AgentGroup], n: int) -> list[dict[str, Any]]:
     """Up to ``n`` trajectories (one per question first), every turn included, for the rollout-samples file."""
-    out = []
-    for j in range(max((len(g.trajectories) for g in groups), default=0)):
-        for g in groups:
-            if len(out) >= n:
-                return out
-            if j < len(g.trajectories):
-                out.append({"prompt_id": f"{g.sample.source}/{g.sample.id}", "response": g.texts[j],
-                            "pred": g.preds[j], "answers": g.sample.answers, "score": g.scores[j],
-                            "acc": g.accs[j], "reward": g.rewards[j], "turns": g.trajectories[j].records()})
-    return out
+    return rl.sample_records(groups, n, lambda g, j: {"turns": g.trajectories[j].records()})
 
 
 # ---------------------------------------------------------------------------- the loop

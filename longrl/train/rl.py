@@ -552,8 +552,10 @@ def step_metrics(run: RLRun, generated: list[Group], kept: list[Group], sampling
     return m
 
 
-def sample_records(groups: list[Group], n: int) -> list[dict[str, Any]]:
-    """Up to ``n`` rollouts (one per group first) for the rollout-samples file."""
+def sample_records(groups: list, n: int, extra=None) -> list[dict[str, Any]]:
+    """Up to ``n`` rollouts (one per group first) for the rollout-samples file; ``extra(group, j)`` adds the
+    fields of the group's kind (default: a rollout's length and finish reason)."""
+    extra = extra or (lambda g, j: {"length": len(g.completions[j]), "finish_reason": g.finish[j]})
     out = []
     for j in range(max((len(g.texts) for g in groups), default=0)):
         for g in groups:
@@ -562,8 +564,7 @@ def sample_records(groups: list[Group], n: int) -> list[dict[str, Any]]:
             if j < len(g.texts):
                 out.append({"prompt_id": f"{g.sample.source}/{g.sample.id}", "response": g.texts[j],
                             "pred": g.preds[j], "answers": g.sample.answers, "score": g.scores[j],
-                            "acc": g.accs[j], "reward": g.rewards[j], "length": len(g.completions[j]),
-                            "finish_reason": g.finish[j]})
+                            "acc": g.accs[j], "reward": g.rewards[j], **extra(g, j)})
     return out
 
 
