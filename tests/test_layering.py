@@ -19,7 +19,7 @@ LAYERS = [
     {"analysis"},
     {"pipeline", "distill"},
     {"engines"},
-    {"demo", "pipeline_cli"},
+    {"demo", "demo_seeds", "pipeline_cli"},
     {"cli", "config_cli"},
 ]
 """Lowest first. A unit is a top-level module or subpackage of ``longrl``; a unit may import units of

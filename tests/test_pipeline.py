@@ -214,3 +214,15 @@ def test_stage_model_loads_print_no_progress_bar(tiny_model_dir, tmp_path, capfd
     Pipeline(cfg, progress=False).load_model(str(tiny_model_dir), trainable=False)
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()          # switched off only around the load
+
+
+def test_eval_skip_leaves_named_stages_unevaluated(tmp_path):
+    torch.set_num_threads(1)
+    cfg = quick_cfg(tmp_path / "run", "pipeline.eval_skip=[init, phase1]", "curriculum.phases=[{name: phase1, "
+                    "max_input_tokens: 200, steps: 1}, {name: phase2, max_input_tokens: 400, steps: 1}]")
+    run(cfg)
+    evaluated = {s: read_manifest(stage_dir(cfg, s))["eval"] is not None for s in ("init", "sft", "phase1", "phase2")}
+    assert evaluated == {"init": False, "sft": True, "phase1": False, "phase2": True}
+    assert not (stage_dir(cfg, "init") / "heldout_predictions.jsonl").exists()
+    with pytest.raises(ConfigError, match="pipeline.eval_skip.*'phase9'"):
+        Pipeline(quick_cfg(tmp_path / "bad", "pipeline.eval_skip=[phase9]"))

@@ -1,9 +1,12 @@
 """Difficulty-aware retrospective sampling (QwenLong-L1, section 3.3).
 
 During a phase the pool records, for every sample, the accuracies of all its rollouts. At a phase
-transition the samples that stayed hard are kept (and the ones that no longer fit the next phase's
-budget, or fall beyond the cap, are dropped); in the next phase ``MixedSampler`` mixes a fraction
-of pool samples, drawn in proportion to difficulty, into each fresh batch.
+transition every sample that is not solved (difficulty > 0, at least ``hard_threshold``) and still fits
+the next phase's budgets joins the pool; when there are more candidates than ``cap``, the pool is a
+uniform random sample of them, so it keeps the candidates' spread of difficulties instead of holding
+only the hardest. In the next phase ``MixedSampler`` mixes a fraction of pool samples into each fresh
+batch, drawn in proportion to difficulty (so what is served is in proportion to difficulty across the
+whole range, as the paper samples), and counts what it served by difficulty.
 """
 
 from __future__ import annotations
@@ -70,12 +73,12 @@ class RetrospectivePool:
     samples to ``load_state_dict`` to resolve them (documents can be 100K tokens long).
     """
 
-    def __init__(self, hard_threshold: float = 0.5, cap: int = 1000):
+    def __init__(self, hard_threshold: float = 0.5, cap: int = 1000, seed: int = 0):
         if not 0.0 <= hard_threshold <= 1.0:
             raise ValueError(f"hard_threshold must be in [0, 1], got {hard_threshold}")
         if cap < 0:
             raise ValueError(f"cap must be >= 0, got {cap}")
-        self.hard_threshold, self.cap = hard_threshold, cap
+        self.hard_threshold, self.cap, self.seed = hard_threshold, cap, seed
         self.stats: dict[str, SampleStats] = {}
         self.seen: dict[str, DocQASample] = {}
         self.members: list[str] = []
@@ -118,11 +121,14 @@ class RetrospectivePool:
     def transition(self, next_lo: int, next_hi: int, max_output_tokens: int = 0) -> dict[str, Any]:
         """Rebuild the pool for the phase with inputs in ``(next_lo, next_hi]``.
 
-        Candidates are all samples ever recorded (members included). A candidate is kept
-        when its difficulty is >= ``hard_threshold``, its ``n_tokens <= next_hi`` and (when
+        Candidates are all samples ever recorded (members included). A candidate qualifies when its
+        difficulty is > 0 and >= ``hard_threshold``, its ``n_tokens <= next_hi`` and (when
         ``max_output_tokens > 0`` and response lengths were recorded) its mean response length is
-        <= ``max_output_tokens``. The hardest ``cap`` are kept (ties: most recently seen, then key).
-        Returns the drop counts and the new pool's composition (``summary``).
+        <= ``max_output_tokens``. When more than ``cap`` qualify, ``cap`` of them are chosen uniformly
+        at random (seeded by ``seed`` and the transition count): keeping the hardest would leave only
+        never-solved samples, while a uniform subsample keeps the candidates' difficulty spread, and
+        ``draw`` weights by difficulty. Returns the drop counts, the candidates' difficulty histogram
+        and the new pool's composition (``summary``).
         """
         if next_hi <= next_lo:
             raise ValueError(f"empty phase range ({next_lo}, {next_hi}]")
@@ -134,15 +140,18 @@ class RetrospectivePool:
                 drops[reason] += 1
             else:
                 kept.append(key)
-        kept.sort(key=lambda k: (-self.difficulty(k), -self.stats[k].last_step, k))
-        drops["cap"] = max(0, len(kept) - self.cap)
-        self.members = kept[: self.cap]
+        candidates = difficulty_histogram(self.difficulty(k) for k in kept)
+        if len(kept) > self.cap:
+            kept = random.Random(f"{self.seed}:pool:{self.transitions}").sample(kept, self.cap)
+        drops["cap"] = sum(candidates) - len(kept)
+        self.members = sorted(kept, key=lambda k: (-self.difficulty(k), -self.stats[k].last_step, k))
         self.transitions += 1
         out = {f"retro/dropped_{r}": drops.get(r, 0) for r in ("easy", "input_budget", "output_budget", "cap")}
-        return out | self.summary()
+        return out | {"retro/candidate_hist": candidates} | self.summary()
 
     def _drop_reason(self, key: str, next_hi: int, max_output_tokens: int) -> str:
-        if self.difficulty(key) < self.hard_threshold:
+        d = self.difficulty(key)
+        if d <= 0.0 or d < self.hard_threshold:
             return "easy"
         if self.seen[key].n_tokens > next_hi:
             return "input_budget"
@@ -152,15 +161,19 @@ class RetrospectivePool:
         return ""
 
     def summary(self) -> dict[str, Any]:
-        """Composition of the current pool: size, per source, difficulty histogram and mean."""
+        """Composition of the current pool: size, per source and per question family (when samples carry
+        ``metadata["family"]``), difficulty histogram and mean."""
         diffs = [self.difficulty(k) for k in self.members]
         by_source = Counter(self.seen[k].source for k in self.members)
+        by_family = Counter(self.seen[k].metadata.get("family") for k in self.members)
+        by_family.pop(None, None)
         out: dict[str, Any] = {
             "retro/pool_size": len(self.members),
             "retro/mean_difficulty": sum(diffs) / len(diffs) if diffs else 0.0,
             "retro/difficulty_hist": difficulty_histogram(diffs),
         }
         out.update({f"retro/source/{src}": n for src, n in sorted(by_source.items())})
+        out.update({f"retro/family/{fam}": n for fam, n in sorted(by_family.items())})
         return out
 
     # ---------------------------------------------------------------- drawing
@@ -187,7 +200,7 @@ class RetrospectivePool:
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable: thresholds, per-sample statistics and member keys (no documents)."""
         return {
-            "hard_threshold": self.hard_threshold, "cap": self.cap, "transitions": self.transitions,
+            "hard_threshold": self.hard_threshold, "cap": self.cap, "seed": self.seed, "transitions": self.transitions,
             "members": list(self.members),
             "stats": {k: [st.acc_sum, st.count, st.last_step, st.resp_tokens_sum, st.resp_count]
                       for k, st in self.stats.items()},
@@ -201,6 +214,7 @@ class RetrospectivePool:
         if missing:
             raise ValueError(f"{len(missing)} pool samples not found among the given samples, e.g. {missing[:3]}")
         self.hard_threshold, self.cap = float(state["hard_threshold"]), int(state["cap"])
+        self.seed = int(state.get("seed", self.seed))
         self.transitions = int(state["transitions"])
         self.members = list(state["members"])
         self.stats = {k: SampleStats(float(v[0]), int(v[1]), int(v[2]), float(v[3]), int(v[4]))
@@ -229,6 +243,7 @@ class MixedSampler:
         self.fresh, self.pool, self.fraction, self.seed = fresh, pool, fraction, seed
         self.step = 0
         self.counts = Counter()
+        self.served_hist = [0] * HIST_BINS
 
     def next_batch(self) -> list[DocQASample]:
         """Pool samples first, then fresh ones; records the composition for ``summary``."""
@@ -236,21 +251,27 @@ class MixedSampler:
         rng = random.Random(f"{self.seed}:retro:{self.step}")
         retro = self.pool.draw(retro_count(self.step, size, self.fraction), rng)
         batch = retro + self.fresh.next_batch(size - len(retro))
+        for i, v in enumerate(difficulty_histogram(self.pool.difficulty(s) for s in retro)):
+            self.served_hist[i] += v
         self.counts["retro"] += len(retro)
         self.counts["fresh"] += size - len(retro)
         self.step += 1
         return batch
 
     def summary(self) -> dict[str, Any]:
-        """Samples served so far (fresh vs retrospective) and the pool's composition."""
+        """Samples served so far (fresh vs retrospective, the latter's difficulty histogram at the time each
+        was drawn) and the pool's composition."""
         total = self.counts["fresh"] + self.counts["retro"]
         return {"curriculum/fresh_samples": self.counts["fresh"], "curriculum/retro_samples": self.counts["retro"],
-                "curriculum/retro_fraction": self.counts["retro"] / total if total else 0.0} | self.pool.summary()
+                "curriculum/retro_fraction": self.counts["retro"] / total if total else 0.0,
+                "curriculum/retro_served_hist": list(self.served_hist)} | self.pool.summary()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "counts": dict(self.counts), "fresh": self.fresh.state_dict()}
+        return {"step": self.step, "counts": dict(self.counts), "served_hist": list(self.served_hist),
+                "fresh": self.fresh.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.counts = Counter({k: int(v) for k, v in state["counts"].items()})
+        self.served_hist = [int(v) for v in state.get("served_hist", [0] * HIST_BINS)]
         self.fresh.load_state_dict(state["fresh"])

@@ -107,7 +107,7 @@ class CurriculumSampler:
         self.bounds = phase_bounds([p.max_input_tokens for p in self.phases])
         self.batch_size, self.seed, self.task_balanced = batch_size, seed, task_balanced
         self.retro_enabled, self.retro_fraction = retro_enabled, retro_fraction
-        self.pool = RetrospectivePool(hard_threshold, cap)
+        self.pool = RetrospectivePool(hard_threshold, cap, seed)
         self.phase = 0
         self.global_step = 0
         self.sampler = self._build(0)

@@ -25,6 +25,7 @@ from longrl.pipeline.report import (
     behaviour_report,
     markdown_table,
     ordered_sets,
+    pool_composition,
     pool_line,
     print_event,
     progress_bar,
@@ -53,6 +54,6 @@ __all__ = [
     "CURRICULUM_END", "MANIFEST", "PRETRAIN_METRICS", "STAGE_EVAL", "STAGE_INIT", "STAGE_SFT", "Pipeline",
     "PipelineBase", "PipelineData", "StageError", "StageEvent", "TrainingStages", "behaviour_report",
     "build_policy_from_scratch", "check_inputs", "file_data", "load_data", "markdown_table", "ordered_sets",
-    "phase_data", "phase_names", "pool_line", "print_event", "progress_bar", "read_manifest", "samples_hash",
+    "phase_data", "phase_names", "pool_composition", "pool_line", "print_event", "progress_bar", "read_manifest", "samples_hash",
     "select_stages", "stage_dir", "stage_names", "synthetic_data", "write_data", "write_manifest",
 ]

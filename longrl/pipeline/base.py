@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from longrl.config import Config
+from longrl.config import Config, ConfigError
 from longrl.data.prepare import write_jsonl_rows
 from longrl.eval.heldout import evaluate_sets
 from longrl.models import _pretrained_location, hf_progress_bars_off, load_policy, load_tokenizer
@@ -33,6 +33,10 @@ class PipelineBase:
     def __init__(self, cfg: Config, on_event=None, progress: bool = True):
         self.cfg = cfg
         self.names = stage_names(cfg)
+        unknown = [n for n in cfg.pipeline.eval_skip if n not in self.names]
+        if unknown:
+            raise ConfigError("pipeline.eval_skip", f"names no stage of this run: {unknown}; the stages are "
+                              f"{', '.join(self.names)}", cfg.source_of("pipeline.eval_skip"))
         self.cfg_hash = cfg.hash()
         self.on_event = on_event
         self.progress = progress
@@ -89,7 +93,8 @@ class PipelineBase:
 
     def finish(self, name: str, m: dict[str, Any], model, tokenizer) -> dict[str, Any]:
         """Evaluate the stage's model on the held-out sets (when configured) and mark it complete."""
-        if self.cfg.pipeline.stage_eval and self.data and self.data.heldout and m.get("eval") is None:
+        evaluate = self.cfg.pipeline.stage_eval and name not in self.cfg.pipeline.eval_skip
+        if evaluate and self.data and self.data.heldout and m.get("eval") is None:
             t0 = time.perf_counter()
             table, records = self.evaluate(model, tokenizer, name)
             m["eval"] = table

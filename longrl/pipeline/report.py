@@ -26,6 +26,36 @@ def pool_line(summary: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('/')[-1]}={summary[k]:.3g}" for k in keys if k in summary)
 
 
+def pool_composition(stage: str, curriculum: dict[str, Any]) -> str:
+    """Markdown: the retrospective pool a phase started with, by difficulty bin (the unsolved candidates
+    of earlier phases, the pool kept from them, the pool samples the phase was served) and by family."""
+    tr, end = curriculum.get("transition") or {}, curriculum.get("end") or {}
+    pool = tr.get("retro/difficulty_hist")
+    if not pool:
+        return ""
+    cand = tr.get("retro/candidate_hist") or [None] * len(pool)
+    served = end.get("curriculum/retro_served_hist") or [None] * len(pool)
+    n = len(pool)
+    lines = [f"### Retrospective pool of {stage}", "",
+             f"{tr.get('retro/pool_size', 0)} samples (mean difficulty {tr.get('retro/mean_difficulty', 0):.2f}) "
+             f"kept from {sum(c for c in cand if c) or '?'} unsolved candidates of earlier phases (dropped: "
+             f"{tr.get('retro/dropped_easy', 0)} solved or easy, {tr.get('retro/dropped_input_budget', 0)} over the "
+             f"input budget, {tr.get('retro/dropped_output_budget', 0)} over the output budget, "
+             f"{tr.get('retro/dropped_cap', 0)} beyond the cap, chosen at random); draws are in proportion to "
+             f"difficulty = 1 - mean rollout accuracy.", "",
+             "| difficulty | candidates | pool | served in " + stage + " |", "|---|---|---|---|"]
+    for i in range(n):
+        if not (pool[i] or cand[i] or served[i]):
+            continue
+        hi = "]" if i == n - 1 else ")"
+        cells = ["-" if v is None else str(v) for v in (cand[i], pool[i], served[i])]
+        lines.append(f"| [{i / n:.1f}, {(i + 1) / n:.1f}{hi} | " + " | ".join(cells) + " |")
+    fams = {k.split("/", 2)[2]: v for k, v in tr.items() if k.startswith("retro/family/")}
+    if fams:
+        lines += ["", "Pool by question family: " + ", ".join(f"{f} {v}" for f, v in sorted(fams.items())) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def _pct(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f}"
 

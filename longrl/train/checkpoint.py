@@ -329,7 +329,7 @@ RUN_CONFIG = "config.yaml"
 """The resolved config of a training run, written in its run directory and compared on resume."""
 
 HARMLESS_CONFIG_KEYS = (
-    "output_dir", "save_every", "keep_checkpoints", "logging", "eval", "pipeline.stage_eval",
+    "output_dir", "save_every", "keep_checkpoints", "logging", "eval", "pipeline.stage_eval", "pipeline.eval_skip",
     "pipeline.eval_batch_size", "pipeline.eval_batch_tokens", "pipeline.threads", "data.cache_dir",
     "data.token_count_workers", "rl.micro_token_budget", "rl.logprob_chunk", "sft.micro_token_budget",
     "sft.loss_chunk", "rollout.endpoint", "rollout.max_concurrency", "rollout.timeout_s", "rollout.max_retries",
