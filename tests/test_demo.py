@@ -177,3 +177,21 @@ def test_family_step_breakdown_locates_the_failing_step(tmp_path, capsys):
     assert rows["mcq: X is V's letter (of lines whose V is an option; chance 25%)"] == "0% (0/1)"
     assert rows["numeric: wrote both operand facts"] == "100% (1/1)"
     assert rows["numeric: v = a op b for its own a, b (of those lines)"] == "0% (0/1)"
+
+
+def test_mcq_chain_probe_runs_on_a_demo_run(quick_demo, tmp_path, capsys):
+    from bench.mcq_chain_probe import chain
+    from bench.mcq_chain_probe import main as mcq_probe
+
+    opts = ["Amber", "Maple", "Cedar", "Dover"]
+    assert chain("base", "K lives in Maple.", opts, "B") == ["K lives in Maple.", "Option B is Maple."]
+    assert chain("enum", "K lives in Maple.", opts, "B") == ["K lives in Maple.", "Option A is Amber.",
+                                                             "Option B is Maple."]
+    assert chain("enumall", "f.", opts, "C")[-1] == "Cedar is option C."
+    out, _, _ = quick_demo
+    assert mcq_probe([str(out), "--variants", "enum", "--steps", "2", "--out", str(tmp_path / "probe")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| enum | 2 |")]
+    assert [r.split(" | ")[2] for r in rows] == ["160 tokens", "64 tokens"]
+    assert all(0.0 <= float(r.split(" | ")[3].rstrip("% |")) <= 100.0 for r in rows)
+    trained = json.loads((tmp_path / "probe" / "enum-2" / "final" / "config.json").read_text())
+    assert trained["model_type"] == "qwen2"

@@ -2,19 +2,21 @@
 
 Loading it must give an ordinary, serializable model; the prefill-once rollouts and the shared-prompt
 group forward must agree with the naive paths on it; and the documented real-model entry points
-(`longrl demo --model <gguf> --quick`, `longrl eval --model-path`) run end to end.
+(`longrl demo --real --quick`, `longrl eval --model-path`) run end to end.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 
-from longrl.config import ModelConfig
+from longrl.config import ConfigError, ModelConfig
 from longrl.models import load_policy
 from longrl.models.kernels import shared_prefix_unsupported_reason
 from longrl.rollout.hf import HFGenerator
@@ -86,16 +88,35 @@ def test_eval_in_process_on_the_real_model(smollm2_dir, shared_samples_dir, tmp_
 
 
 @pytest.mark.timeout(1200)
-def test_demo_quick_from_the_gguf(smollm2_gguf, tmp_path):
+def test_demo_real_quick_smoke(smollm2_gguf, tmp_path):
+    """`make demo-real`'s recipe (`longrl demo --real`) at --quick sizes: every stage on the real model."""
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "longrl.cli", "demo", "--model", str(smollm2_gguf), "--quick",
-                           "--out", str(out), "--threads", "1"], capture_output=True, text=True, timeout=1100)
+    proc = subprocess.run([sys.executable, "-m", "longrl.cli", "demo", "--real", "--quick", "--out", str(out),
+                           "--threads", "1"], capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = out / "stages"
     init = json.loads((stages / "init" / "manifest.json").read_text())
     assert init["input_model"] == str(smollm2_gguf) and init["output_model"] == str(stages / "init" / "final")
+    assert init["eval"] is None                              # the recipe's eval_skip: [init]
     for stage in ("init", "sft", "phase1", "phase2"):
         config = json.loads((stages / stage / "final" / "config.json").read_text())
         assert config["model_type"] == "llama" and "quantization_config" not in config, stage
-    assert (out / "report" / "summary.md").is_file()
+    for stage in ("sft", "phase1", "phase2"):
+        assert json.loads((stages / stage / "manifest.json").read_text())["eval"]["n"] == 8, stage
+    cfg = yaml.safe_load((out / "report" / "config.yaml").read_text())
+    assert cfg["rollout"]["autocast"] == cfg["eval"]["autocast"] == "bfloat16"
+    assert cfg["pipeline"]["synthetic"]["families"] == ["lookup", "multihop"]
     assert "RL (phase1 -> phase2) moved held-out accuracy" in proc.stdout
+
+
+def test_demo_model_flags(smollm2_gguf):
+    from longrl.demo import add_arguments, demo_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = demo_config(parser.parse_args(["--model", str(smollm2_gguf), "--out", "x"]))
+    assert cfg.curriculum.phases[1].max_input_tokens == 1100            # a .gguf --model: demo_smollm2
+    cfg = demo_config(parser.parse_args(["--real", "--out", "x"]))
+    assert cfg.model.path == str(smollm2_gguf) and cfg.curriculum.phases[1].max_input_tokens == 2600
+    with pytest.raises(ConfigError, match="--real"):
+        demo_config(parser.parse_args(["--real", "--model", str(smollm2_gguf), "--out", "x"]))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from longrl.eval.harness import Generation, Job
+from longrl.models import inference_autocast
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -33,9 +34,9 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-                   top_p: float, seed: int) -> list[tuple[list[int], bool]]:
+                   top_p: float, seed: int, autocast: str = "none") -> list[tuple[list[int], bool]]:
     """(completion ids, stopped) per prompt: ids cut before the first end-of-sequence token; ``stopped`` when
-    there was one."""
+    there was one. ``autocast``: see :func:`longrl.models.inference_autocast`."""
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -43,7 +44,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
                 if temperature > 0 else {"do_sample": False})
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), inference_autocast(model, autocast):
         torch.manual_seed(seed)
         out_BL = model.generate(input_ids=ids_BT.to(device), attention_mask=mask_BT.to(device),
                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
@@ -70,9 +71,10 @@ class BatchedBackend:
     ``seed`` and its index. ``token_budget`` bounds a batch's padded prompt tokens: the attention of a
     left-padded batch runs with an explicit mask, whose cost grows with batch x length^2."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, seed: int = 0, token_budget: int = 1 << 62):
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, seed: int = 0, token_budget: int = 1 << 62,
+                 autocast: str = "none"):
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.seed, self.token_budget = batch_size, seed, token_budget
+        self.batch_size, self.seed, self.token_budget, self.autocast = batch_size, seed, token_budget, autocast
 
     def prompt_ids(self, job: Job) -> list[int]:
         text = self.tokenizer.apply_chat_template(job.messages, tokenize=False, add_generation_prompt=True)
@@ -87,7 +89,7 @@ class BatchedBackend:
             batches = length_batches([len(p) for p in prompts], self.batch_size, self.token_budget)
             for b, idx in enumerate(batches):
                 outs = generate_batch(self.model, self.tokenizer, [prompts[i] for i in idx], max_new_tokens,
-                                      temperature, top_p, batch_seed(self.seed, b))
+                                      temperature, top_p, batch_seed(self.seed, b), self.autocast)
                 for i, (ids, stopped) in zip(idx, outs):
                     text = self.tokenizer.decode(ids, skip_special_tokens=False)
                     on_done(jobs[i], Generation(text, "stop" if stopped else "length", len(ids)))

@@ -122,7 +122,7 @@ def _backend(args, cfg):
 
     cfg.model.path = path
     model, tokenizer = load_policy(cfg.model)
-    return InProcessBackend(model, tokenizer, seed=cfg.seed), tokenizer, Path(path).name
+    return InProcessBackend(model, tokenizer, seed=cfg.seed, autocast=cfg.eval.autocast), tokenizer, Path(path).name
 
 
 def _progress(done: int, total: int) -> None:

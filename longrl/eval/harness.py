@@ -215,9 +215,9 @@ class InProcessBackend:
     """Generation with a loaded HF model through ``HFGenerator`` (one prompt at a time, its pending
     samples drawn together from one shared prefill)."""
 
-    def __init__(self, model, tokenizer, seed: int = 0):
+    def __init__(self, model, tokenizer, seed: int = 0, autocast: str = "none"):
         self.tokenizer = tokenizer
-        self.generator = HFGenerator(model, tokenizer, shared_prefill=True, seed=seed)
+        self.generator = HFGenerator(model, tokenizer, shared_prefill=True, seed=seed, autocast=autocast)
 
     def _decode(self, token_ids: list[int]) -> str:
         ids = list(token_ids)
@@ -306,7 +306,8 @@ def generate_all(samples: dict[str, list[DocQASample]], cfg: EvalConfig, backend
 def generation_meta(label: str, cfg: EvalConfig) -> dict[str, Any]:
     """The settings a generations cache is tied to (:func:`check_cache_meta`)."""
     return {"model": label, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-            "top_p": cfg.top_p, "max_input_tokens": cfg.max_input_tokens}
+            "top_p": cfg.top_p, "max_input_tokens": cfg.max_input_tokens} | (
+        {"autocast": cfg.autocast} if cfg.autocast != "none" else {})
 
 
 def evaluate_benchmarks(samples: dict[str, list[DocQASample]], cfg: EvalConfig, backend, tokenizer, out_dir: Path,

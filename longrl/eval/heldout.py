@@ -71,7 +71,8 @@ def evaluate_sets(model, tokenizer, sets: dict[str, list[DocQASample]], cfg: Eva
     started afresh, so the result depends only on the model, the sets and ``seed``."""
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
-    backend = BatchedBackend(model, tokenizer, batch_size=batch_size, seed=seed, token_budget=token_budget)
+    backend = BatchedBackend(model, tokenizer, batch_size=batch_size, seed=seed, token_budget=token_budget,
+                             autocast=cfg.autocast)
     done = [0]
 
     def progress(n_done: int, total: int) -> None:

@@ -161,6 +161,17 @@ def build_tiny_policy(texts: Iterable[str], *, vocab_size: int = 2000, hidden_si
     return model, tokenizer
 
 
+def inference_autocast(model, dtype: str = "none"):
+    """``torch.autocast`` on ``model``'s device in ``dtype`` ("bfloat16"), or a no-op for "none": matmuls in
+    bfloat16 while the weights stay as loaded (on a CPU with AVX512-BF16 a SmolLM2 prefill runs ~2.3x faster
+    than in float32). For generation only: training keeps float32 matmuls."""
+    if dtype == "none":
+        return contextlib.nullcontext()
+    if dtype != "bfloat16":
+        raise ValueError(f"autocast dtype must be 'none' or 'bfloat16', got {dtype!r}")
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
 @contextlib.contextmanager
 def hf_progress_bars_off():
     """transformers' per-call progress bars ("Loading weights", saving) off inside the block: a run's console

@@ -633,7 +633,7 @@ def build_generator(cfg, model, tokenizer):
     that reloads the policy from ``sync_dir`` every ``sync_every`` steps (see docs/rollouts.md)."""
     r = cfg.rollout
     if r.backend == "hf":
-        return HFGenerator(model, tokenizer, shared_prefill=r.shared_prefill)
+        return HFGenerator(model, tokenizer, shared_prefill=r.shared_prefill, autocast=r.autocast)
     if r.backend in ("vllm", "vllm-server"):
         return _build_vllm_generator(cfg, model, tokenizer)
 
