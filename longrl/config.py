@@ -629,11 +629,13 @@ class RetrospectiveConfig:
     enabled: bool = True
     """Carry hard samples from earlier phases into later ones."""
     hard_threshold: float = 0.5
-    """A sample stays hard when its difficulty (1 - mean accuracy) is >= this."""
+    """A sample is a pool candidate when its difficulty (1 - mean rollout accuracy) is >= this and > 0
+    (0.0: every sample not solved by all its rollouts)."""
     fraction: float = 0.25
-    """Target fraction of each later-phase batch drawn from the pool."""
+    """Target fraction of each later-phase batch drawn from the pool (each draw proportional to difficulty)."""
     cap: int = 1000
-    """Max samples kept in the pool."""
+    """Max samples kept in the pool; beyond it, a seeded uniform subsample of the candidates (so the pool keeps
+    their spread of difficulties)."""
 
     def check(self) -> None:
         _require(0 <= self.hard_threshold <= 1, "hard_threshold", "must be in [0, 1]")
