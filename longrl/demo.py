@@ -139,6 +139,9 @@ def demo_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     if args.seeds:
+        if args.seed:
+            raise ConfigError("--seeds", "replaces --seed; give one of them")
+
         def one(seed: int, out: Path) -> int:
             return run(argparse.Namespace(**{**vars(args), "seeds": "", "seed": seed, "out": str(out)}))
 

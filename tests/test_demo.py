@@ -152,6 +152,10 @@ def test_seed_table_checks_each_part_of_the_bar():
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds("1,1")
 
+def test_seeds_and_seed_together_is_an_error(capsys):
+    assert main(["demo", "--seeds", "0,1", "--seed", "3", "--quick"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+
 
 def test_family_step_breakdown_locates_the_failing_step(tmp_path, capsys):
     from bench.demo_families import main as families
