@@ -25,17 +25,15 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from longrl.data.records import DocQASample
+from longrl.pipeline.data import read_heldout
+
 OPTION = re.compile(r"Option ([A-D]) is (\w+)")
 ARITH = re.compile(r"(\d+) ([-+/]) (\d+) = (\d+)")
 
 
-def _load(run: Path) -> dict[str, dict]:
-    samples = {}
-    for path in sorted((run / "data").glob("heldout_*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                d = json.loads(line)
-                samples[d["id"]] = d
+def _load(run: Path) -> dict[str, DocQASample]:
+    samples = {s.id: s for items in read_heldout(run / "data").values() for s in items}
     if not samples:
         raise SystemExit(f"no held-out samples in {run / 'data'} (is {run} a demo run directory?)")
     return samples
@@ -54,10 +52,10 @@ def step_counts(run: str | Path, stage: str) -> Counter:
         s = samples.get(r["id"])
         if s is None or r["family"] not in ("mcq", "numeric"):
             continue
-        ev, resp, meta = s["metadata"]["evidence"], r["response"], s["metadata"]
+        ev, resp = s.metadata["evidence"], r["response"]
         if r["family"] == "mcq":
-            opts = meta["options"]
-            value = opts["ABCD".index(s["answers"][0])]
+            opts = s.metadata["options"]
+            value = opts["ABCD".index(s.answers[0])]
             c["mcq"] += 1
             c["mcq fact"] += ev[0] in resp
             m = OPTION.search(resp)

@@ -18,7 +18,6 @@ sees 400 x 16 examples of which a quarter are MCQ, i.e. the same MCQ exposure as
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from longrl.data.records import DocQASample
 from longrl.data.tokens import token_counter
 from longrl.eval.batched import generate_batch
 from longrl.models import hf_progress_bars_off
+from longrl.pipeline.data import read_heldout
 from longrl.train.sft import train_sft
 
 VARIANTS = ("base", "after", "enum", "enumall")
@@ -80,11 +80,10 @@ def probe(run: str | Path, variant: str, steps: int, out: str | Path) -> dict[st
               seed=0, save_every=0)
     model.eval()
     acc = {}
-    for path in sorted((run / "data").glob("heldout_*.jsonl")):
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        held = [DocQASample.from_dict(r) for r in rows if r.get("metadata", {}).get("family") == "mcq"]
+    for name, items in read_heldout(run / "data").items():
+        held = [s for s in items if s.metadata.get("family") == "mcq"]
         if held:
-            acc[path.stem.removeprefix("heldout_")] = letter_accuracy(model, tok, held)
+            acc[name] = letter_accuracy(model, tok, held)
     return acc
 
 

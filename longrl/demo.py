@@ -261,16 +261,21 @@ def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: s
     (out / "summary.json").write_text(json.dumps({
         "seed": cfg.seed, "command": command, "wall_s": wall_s, "threads": torch.get_num_threads(),
         "stages_skipped": list(resumed or []),
-        "stage_s": sum(m.get("train_wall_s", 0.0) + m.get("eval_wall_s", 0.0) for m in manifests),
+        "stage_s": stage_seconds(manifests),
         "verdict": figures}, indent=1))
     return {"dir": str(out), "table": table_md, "verdict": text}
+
+
+def stage_seconds(manifests: list[dict[str, Any]]) -> float:
+    """Training + evaluation time summed over the stages (what a resumed run's invocation does not show)."""
+    return sum(m.get("train_wall_s", 0.0) + m.get("eval_wall_s", 0.0) for m in manifests)
 
 
 def summary_markdown(cfg, manifests: list[dict[str, Any]], table_md: str, verdict_text: str, wall_s: float,
                      command: str, n_samples: int) -> str:
     init = next((m for m in manifests if m["stage"] == "init"), {})
     params = init.get("metrics", {}).get("model/parameters", 0)
-    stage_s = sum(m.get("train_wall_s", 0.0) + m.get("eval_wall_s", 0.0) for m in manifests)
+    stage_s = stage_seconds(manifests)
     lines = [
         "# longrl demo report", "",
         f"Command: `{command}`  ", f"Seed: {cfg.seed}; model: {init.get('output_model', '?')} "

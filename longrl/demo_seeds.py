@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from longrl.config import ConfigError
+from longrl.pipeline import percent
 
 CHANCE = {"mcq": "25% (one of four letters)",
           "numeric": "a few % (answers spread over 1-80, but ratio answers cluster at 2-4: the most common answer "
@@ -50,10 +51,6 @@ def run_seeds(seeds: Sequence[int], out: str | Path, run_one: Callable[[int, Pat
     return 0, text
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
 def _points(x: float) -> str:
     return f"{100 * x:+.1f}"
 
@@ -84,9 +81,9 @@ def seeds_markdown(summaries: Sequence[dict[str, Any]], bar_points: float = 10.0
         misses = [m for m, bad in (("gain", gain * 100 < bar_points), ("long docs", long_gain <= 0),
                                    ("time", minutes > bar_minutes)) if bad]
         resumed = "*" if s.get("stages_skipped") else ""
-        cells = [str(s["seed"]), _pct(f["base"]), *(_pct(f["stages"][p]) for p in phases), _points(gain),
-                 f"{_pct(f.get('long_before', 0))} -> {_pct(f.get('long_after', 0))} ({_points(long_gain)})",
-                 *(_pct(values[fam]) for fam in fams), f"{minutes:.1f} min{resumed}",
+        cells = [str(s["seed"]), percent(f["base"]), *(percent(f["stages"][p]) for p in phases), _points(gain),
+                 f"{percent(f.get('long_before', 0))} -> {percent(f.get('long_after', 0))} ({_points(long_gain)})",
+                 *(percent(values[fam]) for fam in fams), f"{minutes:.1f} min{resumed}",
                  "held" if ok else "missed: " + ", ".join(misses)]
         lines.append("| " + " | ".join(cells) + " |")
 
@@ -97,8 +94,8 @@ def seeds_markdown(summaries: Sequence[dict[str, Any]], bar_points: float = 10.0
             f"{statistics.fmean(v):.1f} ± {sd:.1f} min"
 
     lines.append("| mean ± sd | " + " | ".join(
-        [mean_sd("base", _pct), *(mean_sd(p, _pct) for p in phases), mean_sd("gain", _points),
-         mean_sd("long", _points), *(mean_sd(fam, _pct) for fam in fams), mean_sd("minutes", str),
+        [mean_sd("base", percent), *(mean_sd(p, percent) for p in phases), mean_sd("gain", _points),
+         mean_sd("long", _points), *(mean_sd(fam, percent) for fam in fams), mean_sd("minutes", str),
          f"{held} of {len(summaries)}"]) + " |")
     n = figs[0]["n"]
     notes = [f"\nHeld-out accuracy (%) on {n} questions per stage. Bar: RL >= {figs[0]['start'].upper()} + "

@@ -163,10 +163,12 @@ def test_family_step_breakdown_locates_the_failing_step(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
     (run / "stages" / "sft").mkdir(parents=True)
-    mcq = {"id": "m1", "answers": ["B"], "metadata": {"family": "mcq", "evidence": ["Kalor lives in Maple."],
-                                                       "options": ["Amber", "Maple", "Cedar", "Dover"]}}
-    num = {"id": "n1", "answers": ["40"], "metadata": {"family": "numeric",
-                                                         "evidence": ["Kalor has 17 coins.", "Tisen has 23 coins."]}}
+    doc = {"source": "synthetic", "document": "Kalor lives in Maple. Kalor has 17 coins. Tisen has 23 coins."}
+    mcq = {"id": "m1", "task": "mcq", "question": "Where does Kalor live?", "answers": ["B"], **doc,
+           "metadata": {"family": "mcq", "evidence": ["Kalor lives in Maple."],
+                        "options": ["Amber", "Maple", "Cedar", "Dover"]}}
+    num = {"id": "n1", "task": "numeric", "question": "How many coins?", "answers": ["40"], **doc,
+           "metadata": {"family": "numeric", "evidence": ["Kalor has 17 coins.", "Tisen has 23 coins."]}}
     (run / "data" / "heldout_64.jsonl").write_text(json.dumps(mcq) + "\n" + json.dumps(num) + "\n")
     preds = [  # the right value with the wrong letter; then a right chain with the wrong sum
         {"id": "m1", "family": "mcq", "acc": 0.0,

@@ -19,12 +19,21 @@ whose summary (pool size, drops, difficulty histogram, per-source counts) goes i
 from __future__ import annotations
 
 from longrl.pipeline.base import PipelineBase
-from longrl.pipeline.data import PipelineData, file_data, load_data, phase_data, synthetic_data, write_data
+from longrl.pipeline.data import (
+    PipelineData,
+    file_data,
+    load_data,
+    phase_data,
+    read_heldout,
+    synthetic_data,
+    write_data,
+)
 from longrl.pipeline.init import PRETRAIN_METRICS, build_policy_from_scratch
 from longrl.pipeline.report import (
     behaviour_report,
     markdown_table,
     ordered_sets,
+    percent,
     pool_composition,
     pool_line,
     print_event,
@@ -53,7 +62,7 @@ from longrl.pipeline.training import TrainingStages
 __all__ = [
     "CURRICULUM_END", "MANIFEST", "PRETRAIN_METRICS", "STAGE_EVAL", "STAGE_INIT", "STAGE_SFT", "Pipeline",
     "PipelineBase", "PipelineData", "StageError", "StageEvent", "TrainingStages", "behaviour_report",
-    "build_policy_from_scratch", "check_inputs", "file_data", "load_data", "markdown_table", "ordered_sets",
+    "build_policy_from_scratch", "check_inputs", "file_data", "load_data", "markdown_table", "ordered_sets", "percent",
     "phase_data", "phase_names", "pool_composition", "pool_line", "print_event", "progress_bar", "read_manifest", "samples_hash",
-    "select_stages", "stage_dir", "stage_names", "synthetic_data", "write_data", "write_manifest",
+    "select_stages", "stage_dir", "stage_names", "synthetic_data", "read_heldout", "write_data", "write_manifest",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longrl.config import Config, ConfigError
-from longrl.data.readers import read_sources, write_jsonl
+from longrl.data.readers import read_jsonl_samples, read_sources, write_jsonl
 from longrl.data.records import DocQASample
 from longrl.data.synth import generate
 from longrl.data.tokens import count_prompt_tokens, token_counter
@@ -82,6 +82,12 @@ def _drop_long(samples: list[DocQASample], limit: int, what: str) -> list[DocQAS
     if len(kept) < len(samples):
         log.info("dropped %d %s over data.max_input_tokens=%d", len(samples) - len(kept), what, limit)
     return kept
+
+
+def read_heldout(data_dir: str | Path) -> dict[str, list[DocQASample]]:
+    """The held-out sets :func:`write_data` wrote to ``data_dir`` (a run's ``<output_dir>/data``), by label."""
+    paths = sorted(Path(data_dir).glob("heldout_*.jsonl"))
+    return {path.stem.removeprefix("heldout_"): read_jsonl_samples(path) for path in paths}
 
 
 def write_data(data: PipelineData, out: Path) -> None:

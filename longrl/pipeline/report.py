@@ -56,7 +56,8 @@ def pool_composition(stage: str, curriculum: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pct(x: float) -> str:
+def percent(x: float) -> str:
+    """A fraction as a percentage with one decimal; NaN (no questions) as '-'."""
     return "-" if x != x else f"{100 * x:.1f}"
 
 
@@ -78,10 +79,10 @@ def markdown_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
             cells = [label, f"**{fam}**" if fam == "all" else fam]
             for _, t in rows:
                 st = t["sets"].get(name, {})
-                cells.append(_pct(st.get("acc", float("nan")) if fam == "all"
+                cells.append(percent(st.get("acc", float("nan")) if fam == "all"
                                   else st.get("families", {}).get(fam, float("nan"))))
             lines.append("| " + " | ".join(cells) + " |")
-    lines.append("| **all** | **all** | " + " | ".join(_pct(t["acc"]) for _, t in rows) + " |")
+    lines.append("| **all** | **all** | " + " | ".join(percent(t["acc"]) for _, t in rows) + " |")
     per_set = ", ".join(f"{s}: {first['sets'][s]['n']}" for s in sets)
     lines.append(f"\n{first['n']} held-out generations per stage ({per_set}).")
     return "\n".join(lines)

@@ -23,9 +23,7 @@ guard are the single-turn loop's.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +36,6 @@ from longrl.algo.shaping import overlong_penalty
 from longrl.data.records import DocQASample
 from longrl.train import rl
 from longrl.train.rl import RLResult, RLRun, Seq
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -155,24 +151,9 @@ def agent_step(run: RLRun, agent: MemoryAgent, step: int) -> tuple[dict[str, flo
     kept, generated, sampling = collect_batch(run, agent, step)                  # 1-3
     t_gen = time.perf_counter()
     run.model.train()
-    train: dict[str, float] = {}
     c = run.cfg
     seqs = turn_sequences(kept, c.algo.advantage, c.algo.eps) if kept else []   # 4
-    if seqs:
-        pieces = rl.make_pieces(seqs, c.rl.micro_token_budget, c.rl.shared_prompt_forward)
-        aepo_metrics = rl.old_policy_pass(run, seqs, pieces)                     # 5
-        stats = [rl.update(run, seqs, mb)                                        # 6
-                 for _ in range(c.rl.epochs) for mb in rl.mini_batches(pieces, seqs, c.rl.mini_batches)]
-        train = rl._mean_metrics(stats) | aepo_metrics
-    else:
-        run.skipped_updates += 1
-        log.warning("step %d: no informative group after %d round(s); no update", step + 1,
-                    int(sampling.get("sampling/rounds", 0)))
-    train["actor/lr"] = run.optimizer.param_groups[0]["lr"]
-    with warnings.catch_warnings():  # a step whose update was skipped still advances the schedule
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-        run.scheduler.step()
-    rl._push_weights(run, step + 1)
+    train = rl.optimize(run, step, seqs, sampling)                              # 5-6
     timing = {"gen": t_gen - t0, "train": time.perf_counter() - t_gen}
     metrics = rl.step_metrics(run, generated, kept, sampling, train, timing) | agent_metrics(generated, seqs)
     return metrics, generated

@@ -481,14 +481,24 @@ def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
     kept, generated, sampling = collect_batch(run, step)                        # 1-3: o ~ pi_old, R, filter
     t_gen = time.perf_counter()
     run.model.train()
+    a = run.cfg.algo
+    seqs = training_sequences(kept, group_advantages(kept, a.advantage, a.eps)) if kept else []   # 4: A_i
+    train = optimize(run, step, seqs, sampling)                                  # 5-6
+    timing = {"gen": t_gen - t0, "train": time.perf_counter() - t_gen}
+    return step_metrics(run, generated, kept, sampling, train, timing), generated
+
+
+def optimize(run: RLRun, step: int, seqs: list[Seq], sampling: dict[str, float]) -> dict[str, float]:
+    """Steps 5-6 on a step's training sequences (log pi_old / pi_ref when needed, then the mini-batch
+    updates), or a logged skip when there are none; then the schedule and the weight push. Shared by the
+    single-turn step and the memory agent's. Returns the train metrics."""
+    c = run.cfg
     train: dict[str, float] = {}
-    if kept:
-        adv = group_advantages(kept, run.cfg.algo.advantage, run.cfg.algo.eps)      # 4: A_i
-        seqs = training_sequences(kept, adv)
-        pieces = make_pieces(seqs, run.cfg.rl.micro_token_budget, run.cfg.rl.shared_prompt_forward)
+    if seqs:
+        pieces = make_pieces(seqs, c.rl.micro_token_budget, c.rl.shared_prompt_forward)
         aepo_metrics = old_policy_pass(run, seqs, pieces)                        # 5: log pi_old, log pi_ref
         stats = [update(run, seqs, mb)                                           # 6: theta <- AdamW(grad J)
-                 for _ in range(run.cfg.rl.epochs) for mb in mini_batches(pieces, seqs, run.cfg.rl.mini_batches)]
+                 for _ in range(c.rl.epochs) for mb in mini_batches(pieces, seqs, c.rl.mini_batches)]
         train = _mean_metrics(stats) | aepo_metrics
     else:
         run.skipped_updates += 1
@@ -499,8 +509,7 @@ def rl_step(run: RLRun, step: int) -> tuple[dict[str, float], list[Group]]:
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         run.scheduler.step()
     _push_weights(run, step + 1)
-    timing = {"gen": t_gen - t0, "train": time.perf_counter() - t_gen}
-    return step_metrics(run, generated, kept, sampling, train, timing), generated
+    return train
 
 
 def _push_weights(run: RLRun, step: int) -> None:
