@@ -20,7 +20,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/longrl demo --out runs/demo
 
-# The recipe on a real pretrained model (SmolLM2-135M-Instruct, 1K-2K-token documents): 48 min on 2 cores (docs/demo.md).
+# The recipe on a real pretrained model (SmolLM2-135M-Instruct, 1K-2K-token documents): 60 min on 2 cores (docs/demo.md).
 demo-real: $(STAMP)
 	$(BIN)/longrl demo --real --out runs/demo_real
 

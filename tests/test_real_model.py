@@ -104,8 +104,9 @@ def test_demo_real_quick_smoke(smollm2_gguf, tmp_path):
     for stage in ("sft", "phase1", "phase2"):
         assert json.loads((stages / stage / "manifest.json").read_text())["eval"]["n"] == 8, stage
     cfg = yaml.safe_load((out / "report" / "config.yaml").read_text())
-    assert cfg["rollout"]["autocast"] == cfg["eval"]["autocast"] == "bfloat16"
+    assert cfg["rollout"]["autocast"] == cfg["eval"]["autocast"] == cfg["rl"]["autocast"] == "bfloat16"
     assert cfg["pipeline"]["synthetic"]["families"] == ["lookup", "multihop"]
+    assert cfg["pipeline"]["synthetic"]["haystack"] == "prose"
     assert "RL (phase1 -> phase2) moved held-out accuracy" in proc.stdout
 
 

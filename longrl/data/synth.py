@@ -11,6 +11,10 @@ near-duplicate names (``Kalor`` / ``Kamun``, one syllable apart), conflicting-lo
 attributes for other people. The key facts are always locatable by exact (name, attribute) match,
 and a longer document only adds distractors, so length makes a question harder, not different.
 
+With ``haystack="prose"`` a document instead holds its evidence people, their near-duplicates and a
+fixed number of other people (``distractor_people``); the rest is neutral prose with no name, place,
+job or number in it, as in a needle-in-a-haystack test, so length adds reading, not near misses.
+
 Question families: ``lookup`` (city, job or manager of a person; task qa), ``multihop`` (the city or
 job of the manager of a person, 2 or 3 hops whose paragraphs lie in different parts of the
 document; task qa), ``numeric`` (sum, difference or integer ratio of two people's coins; task
@@ -48,6 +52,15 @@ JOBS = ("baker", "farmer", "tailor", "sailor", "miner", "potter", "weaver", "hun
 TASK_OF_FAMILY = {"lookup": "qa", "multihop": "qa", "numeric": "numeric", "mcq": "mcq"}
 LETTERS = "ABCD"
 MAX_COINS = 40
+HAYSTACKS = ("people", "prose")
+_PROSE_SUBJECTS = ("The old bridge", "A narrow path", "The river", "The morning bell", "A wooden cart", "The north wind",
+                   "The village well", "A stone wall", "The lantern", "The mill wheel", "A flock of geese", "The tall clock")
+_PROSE_VERBS = ("stood quietly", "creaked softly", "was mended", "was painted green", "shone brightly", "was half hidden",
+                "gathered dust", "rang twice", "leaned to one side", "was the talk of the fair", "looked older", "fell silent")
+_PROSE_PLACES = ("near the square", "by the fence", "beside the road", "under the hill", "past the meadow",
+                 "behind the chapel", "along the canal", "at the crossroads", "over the stream", "in the valley")
+_PROSE_TIMES = ("at dawn", "that winter", "after the rain", "before the festival", "all afternoon", "in the spring",
+                "on market day", "late at night", "during the storm", "every autumn")
 
 
 def word_count_tokens(text: str) -> int:
@@ -209,13 +222,26 @@ _BUILDERS: dict[str, Callable[[_World], Question]] = {
 
 
 # ---------------------------------------------------------------------------- documents
-def _fill(w: _World, budget: int, count: Callable[[str], int]) -> list[tuple[str, int]]:
-    """Distractor paragraphs (new people, then ``met`` sentences) totalling at most ``budget`` tokens."""
+def _prose(rng: random.Random) -> str:
+    """A filler paragraph with no name, city, job or number in it (the ``prose`` haystack)."""
+    return " ".join(f"{rng.choice(_PROSE_SUBJECTS)} {rng.choice(_PROSE_VERBS)} {rng.choice(_PROSE_PLACES)} "
+                    f"{rng.choice(_PROSE_TIMES)}." for _ in range(3))
+
+
+def _fill(w: _World, budget: int, count: Callable[[str], int], haystack: str = "people",
+          distractor_people: int = 8) -> list[tuple[str, int]]:
+    """Distractor paragraphs totalling at most ``budget`` tokens.
+
+    ``people``: new people, then ``met`` sentences once the name pool is used up. ``prose``:
+    ``distractor_people`` new people, then paragraphs of neutral prose (:func:`_prose`).
+    """
     out: list[tuple[str, int]] = []
     used = 0
     known = list(w.people)
     while used < budget:
-        if w.free:
+        if haystack == "prose" and len(known) - len(w.required) >= distractor_people:
+            text = _prose(w.rng)
+        elif w.free:
             p = w.new_person(required=False, manager=w.rng.choice(known))
             text = p.paragraph()
             known.append(p.name)
@@ -238,12 +264,13 @@ def _place(rng: random.Random, n_total: int, n_spread: int) -> list[int]:
             for k in parts]
 
 
-def _assemble(w: _World, q: Question, target_tokens: int, count: Callable[[str], int]) -> tuple[str, list[float]]:
+def _assemble(w: _World, q: Question, target_tokens: int, count: Callable[[str], int], haystack: str = "people",
+              distractor_people: int = 8) -> tuple[str, list[float]]:
     """The document text and the relative depth (0..1) of each evidence paragraph."""
     rng = w.rng
     required = {n: w.people[n].paragraph() for n in w.required}
     budget = target_tokens - count("\n\n".join(required.values()))
-    fillers = _fill(w, budget, count)
+    fillers = _fill(w, budget, count, haystack, distractor_people)
     while True:
         others = [required[n] for n in w.required if n not in q.spread] + [t for t, _ in fillers]
         rng.shuffle(others)
@@ -263,25 +290,32 @@ def _assemble(w: _World, q: Question, target_tokens: int, count: Callable[[str],
 
 
 def make_sample(i: int, family: str, target_tokens: int, seed: int = 0, split: str = "train",
-                count_tokens: Callable[[str], int] | None = None) -> DocQASample:
-    """Sample ``i`` of (split, seed, target_tokens): a document of about ``target_tokens`` tokens."""
+                count_tokens: Callable[[str], int] | None = None, haystack: str = "people",
+                distractor_people: int = 8) -> DocQASample:
+    """Sample ``i`` of (split, seed, target_tokens): a document of about ``target_tokens`` tokens.
+
+    ``haystack`` is what fills the document beyond the evidence: ``people`` (other people's
+    paragraphs, as many as fit) or ``prose`` (``distractor_people`` other people, then neutral
+    prose). The question and its evidence depend only on (split, seed, target_tokens, i).
+    """
     count = count_tokens or word_count_tokens
     rng = random.Random(f"longrl-synth:{split}:{seed}:{target_tokens}:{i}")
     w = _World(rng)
     q = _BUILDERS[family](w)
     w.assign_managers()
-    doc, depth = _assemble(w, q, target_tokens, count)
+    doc, depth = _assemble(w, q, target_tokens, count, haystack, distractor_people)
     reasoning = " ".join(q.reasoning + [f"Therefore, the answer is {q.answer}."])
     meta = {"family": family, "reasoning": reasoning, "split": split, "seed": seed,
             "target_tokens": target_tokens, "doc_tokens": count(doc), "evidence": q.reasoning,
-            "evidence_depth": [round(d, 3) for d in depth]} | q.meta
+            "evidence_depth": [round(d, 3) for d in depth], "haystack": haystack} | q.meta
     return DocQASample(id=f"{split}-s{seed}-t{target_tokens}-{i:06d}", source="synthetic",
                        task=TASK_OF_FAMILY[family], document=doc, question=q.question,
                        answers=[q.answer], metadata=meta)
 
 
 def generate(n: int, target_tokens: int, seed: int = 0, families: Sequence[str] = FAMILIES,
-             split: str = "train", count_tokens: Callable[[str], int] | None = None) -> list[DocQASample]:
+             split: str = "train", count_tokens: Callable[[str], int] | None = None, haystack: str = "people",
+             distractor_people: int = 8) -> list[DocQASample]:
     """``n`` samples cycling through ``families``; ``generate(m)`` is a prefix of ``generate(n)``, m < n.
 
     ``count_tokens(text) -> int`` measures document length (default: ``word_count_tokens``); each
@@ -293,8 +327,12 @@ def generate(n: int, target_tokens: int, seed: int = 0, families: Sequence[str] 
         raise ValueError(f"unknown question families {unknown}; choose from {FAMILIES}")
     if target_tokens < 1:
         raise ValueError(f"target_tokens must be >= 1, got {target_tokens}")
-    return [make_sample(i, families[i % len(families)], target_tokens, seed, split, count_tokens)
-            for i in range(n)]
+    if haystack not in HAYSTACKS:
+        raise ValueError(f"unknown haystack {haystack!r}; choose from {HAYSTACKS}")
+    if distractor_people < 0:
+        raise ValueError(f"distractor_people must be >= 0, got {distractor_people}")
+    return [make_sample(i, families[i % len(families)], target_tokens, seed, split, count_tokens, haystack,
+                        distractor_people) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -305,6 +343,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", help="split name (train, heldout, ...): disjoint documents")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated question families")
+    parser.add_argument("--haystack", choices=HAYSTACKS, default="people",
+                        help="what fills a document beyond the evidence: other people's paragraphs (as many as fit), "
+                             "or --distractor-people people then neutral prose")
+    parser.add_argument("--distractor-people", type=int, default=8,
+                        help="--haystack prose: people besides the evidence and its near-duplicate names")
     parser.add_argument("--tokenizer", default="",
                         help="count tokens with this Hugging Face tokenizer (default: a word-based estimate)")
     parser.add_argument("--out", required=True, help="output .jsonl (DocQASample records)")
@@ -323,6 +366,8 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
     for f in families:
         if f not in _BUILDERS:
             raise ConfigError("--families", f"unknown question family {f!r}; choose from {', '.join(FAMILIES)}")
+    if args.distractor_people < 0:
+        raise ConfigError("--distractor-people", f"must be >= 0, got {args.distractor_people}")
     check_location(args.tokenizer, "--tokenizer", "tokenizer")
     return families
 
@@ -340,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         for target in args.tokens:
-            samples = generate(args.n, target, args.seed, families, args.split, count)
+            samples = generate(args.n, target, args.seed, families, args.split, count, args.haystack,
+                               args.distractor_people)
             for s in samples:
                 f.write(json.dumps(s.to_dict()) + "\n")
             mean = sum(s.metadata["doc_tokens"] for s in samples) / max(1, len(samples))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from longrl.eval.harness import Generation, Job
-from longrl.models import inference_autocast
+from longrl.models import maybe_autocast
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -36,7 +36,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                    top_p: float, seed: int, autocast: str = "none") -> list[tuple[list[int], bool]]:
     """(completion ids, stopped) per prompt: ids cut before the first end-of-sequence token; ``stopped`` when
-    there was one. ``autocast``: see :func:`longrl.models.inference_autocast`."""
+    there was one. ``autocast``: see :func:`longrl.models.maybe_autocast`."""
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -44,7 +44,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
                 if temperature > 0 else {"do_sample": False})
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), inference_autocast(model, autocast):
+    with torch.random.fork_rng(devices=devices), maybe_autocast(model, autocast):
         torch.manual_seed(seed)
         out_BL = model.generate(input_ids=ids_BT.to(device), attention_mask=mask_BT.to(device),
                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)

@@ -161,10 +161,11 @@ def build_tiny_policy(texts: Iterable[str], *, vocab_size: int = 2000, hidden_si
     return model, tokenizer
 
 
-def inference_autocast(model, dtype: str = "none"):
+def maybe_autocast(model, dtype: str = "none"):
     """``torch.autocast`` on ``model``'s device in ``dtype`` ("bfloat16"), or a no-op for "none": matmuls in
     bfloat16 while the weights stay as loaded (on a CPU with AVX512-BF16 a SmolLM2 prefill runs ~2.3x faster
-    than in float32). For generation only: training keeps float32 matmuls."""
+    than in float32). Generation (``rollout.autocast``, ``eval.autocast``) and the RL training forward
+    (``rl.autocast``) use it, each only where configured."""
     if dtype == "none":
         return contextlib.nullcontext()
     if dtype != "bfloat16":

@@ -40,11 +40,14 @@ def synthetic_data(cfg: Config, tokenizer) -> PipelineData:
     syn = cfg.pipeline.synthetic
     count = token_counter(tokenizer)
 
-    def make(sets, split: str) -> list[DocQASample]:
-        return [s for st in sets for s in generate(st.n, st.target_tokens, cfg.seed, syn.families, split, count)]
+    def gen(st, split: str) -> list[DocQASample]:
+        return generate(st.n, st.target_tokens, cfg.seed, syn.families, split, count, syn.haystack,
+                        syn.distractor_people)
 
-    heldout = {str(st.target_tokens): generate(st.n, st.target_tokens, cfg.seed, syn.families, "heldout", count)
-               for st in syn.heldout}
+    def make(sets, split: str) -> list[DocQASample]:
+        return [s for st in sets for s in gen(st, split)]
+
+    heldout = {str(st.target_tokens): gen(st, "heldout") for st in syn.heldout}
     return PipelineData(sft=make(syn.sft, "sft"), rl=make(syn.train, "train"), heldout=heldout,
                         **phase_data(cfg))
 

@@ -18,7 +18,7 @@ import contextlib
 import torch
 from transformers import DynamicCache
 
-from longrl.models import inference_autocast
+from longrl.models import maybe_autocast
 from longrl.models.kernels import (
     cache_kwargs,
     install_shared_attention,
@@ -133,7 +133,7 @@ class HFGenerator(Generator):
                  top_p: float = 1.0) -> list[list[Completion]]:
         """``result[i][j]`` is the j-th of ``n`` completions of ``prompt_ids[i]`` (one group at a time)."""
         group = self._shared_group if self.shared_prefill else self._hf_generate_group
-        with _inference(self.model), inference_autocast(self.model, self.autocast):
+        with _inference(self.model), maybe_autocast(self.model, self.autocast):
             return [group(list(p), n, max_new_tokens, temperature, top_p) for p in prompt_ids]
 
     def _shared_group(self, prompt: list[int], n: int, max_new_tokens: int, temperature: float,

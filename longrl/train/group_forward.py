@@ -31,6 +31,7 @@ import logging
 import torch
 from torch import nn
 
+from longrl.models import maybe_autocast
 from longrl.models.kernels import (
     PackedLayout,
     completion_mask,
@@ -112,6 +113,7 @@ def group_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = True,
     shared: bool = True,
+    autocast: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-token log-probs (and entropy) of G completions of one prompt under ``model``.
 
@@ -119,6 +121,8 @@ def group_logprobs(
     is computed once for the group (see the module docstring); otherwise, or when
     :func:`shared_prefix_unsupported_reason` gives a reason (logged once), the G full sequences are
     run as a batch. Differentiable when called with grad enabled; gradients reach the prompt.
+    ``autocast`` ("bfloat16"): the transformer body runs under ``torch.autocast``; its final hidden
+    states are cast back to float32, so the head and the log-probs are computed in float32.
 
     Returns ``(logps [G, C_max], entropy [G, C_max] or None, mask [G, C_max] bool)``, float32,
     with C_max the longest completion; padded positions have log-prob 0 and mask False.
@@ -131,10 +135,12 @@ def group_logprobs(
     reason = shared_prefix_unsupported_reason(model) if shared else None
     if reason is not None:
         _log_fallback(reason)
-    if shared and reason is None:
-        hidden_GCH = _shared_hidden(model, prompt_P, ids_GC)
-    else:
-        hidden_GCH = _naive_hidden(model, prompt_P, ids_GC, mask_GC)
+    with maybe_autocast(model, autocast):
+        if shared and reason is None:
+            hidden_GCH = _shared_hidden(model, prompt_P, ids_GC)
+        else:
+            hidden_GCH = _naive_hidden(model, prompt_P, ids_GC, mask_GC)
+    hidden_GCH = hidden_GCH.float()
     targets_GC = ids_GC.masked_fill(~mask_GC, -100)
     logps_GC, entropy_GC = _head_logprobs(unwrap_peft(model).get_output_embeddings(), hidden_GCH, targets_GC, chunk,
                                           temperature, with_entropy)

@@ -367,7 +367,8 @@ def piece_logprobs(run: RLRun, model, seqs: list[Seq], with_entropy: bool):
     """``(logps_BT, entropy_BT|None, mask_BT)`` of one piece's completions under ``model``."""
     return sharded_forward(model, group_logprobs, seqs[0].prompt_ids, [s.completion_ids for s in seqs],
                            chunk=run.cfg.rl.logprob_chunk, temperature=run.cfg.rollout.temperature,
-                           with_entropy=with_entropy, shared=run.cfg.rl.shared_prompt_forward)
+                           with_entropy=with_entropy, shared=run.cfg.rl.shared_prompt_forward,
+                           autocast=run.cfg.rl.autocast)
 
 
 @torch.no_grad()

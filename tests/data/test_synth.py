@@ -143,3 +143,50 @@ def test_rule_scorer_accepts_gold_and_rejects_distractor_answers():
         miss = rule.rule_score(s.task, f"<think>t</think>\nTherefore, the answer is {wrong}.", s.answers, question=s.question,
                                document=s.document)
         assert not miss.acc, (s.question, wrong)
+
+
+def _person_paragraphs(doc: str) -> list[str]:
+    return [p for p in doc.split("\n\n") if re.match(r"^\w+ lives in \w+\.", p)]
+
+
+def test_prose_haystack_keeps_the_evidence_and_caps_the_people():
+    people, prose = (generate(16, 2000, seed=1, haystack=h, distractor_people=3) for h in ("people", "prose"))
+    for a, b in zip(people, prose):
+        assert b.question == a.question and b.answers == a.answers and b.metadata["haystack"] == "prose"
+        assert oracle(b) == b.answers[0]                  # every fact still stated once, answer recoverable
+        assert 0.9 * 2000 <= b.metadata["doc_tokens"] <= 2000
+        # evidence people (<= 3 hops + 3 near-duplicate names) plus at most 3 others; the people haystack has ~50
+        assert len(_person_paragraphs(b.document)) <= 9 < 40 <= len(_person_paragraphs(a.document))
+        filler = [p for p in b.document.split("\n\n") if p not in _person_paragraphs(b.document)]
+        assert sum(word_count_tokens(p) for p in filler) > 1000
+        words = set(re.findall(r"\w+", " ".join(filler)))
+        assert not words & (set(NAMES) | set(CITIES) | set(JOBS)), "prose must not mention a name, place or job"
+        assert not re.search(r"\d", " ".join(filler))
+
+
+def test_prose_haystack_changes_only_what_lies_beyond_the_distractor_people():
+    # short documents fill up with people before the cap: the same data either way (demo_real's SFT set)
+    for a, b in zip(generate(8, 256, seed=0, split="sft"), generate(8, 256, seed=0, split="sft", haystack="prose")):
+        assert a.document == b.document
+    assert generate(4, 1000, seed=0, haystack="prose") == generate(4, 1000, seed=0, haystack="prose")
+
+
+def test_unknown_haystack_or_negative_people_raise():
+    with pytest.raises(ValueError, match="unknown haystack"):
+        generate(1, 100, haystack="hay")
+    with pytest.raises(ValueError, match="distractor_people"):
+        generate(1, 100, haystack="prose", distractor_people=-1)
+
+
+def test_cli_prose_haystack(tmp_path):
+    parser = argparse.ArgumentParser()
+    synth.add_arguments(parser)
+    out = tmp_path / "s.jsonl"
+    args = parser.parse_args(["--n", "2", "--tokens", "800", "--haystack", "prose", "--distractor-people", "2",
+                              "--out", str(out)])
+    assert synth.run(args) == 0
+    rows = [DocQASample.from_dict(json.loads(line)) for line in out.read_text().splitlines()]
+    assert [r.document for r in rows] == [s.document for s in generate(2, 800, haystack="prose", distractor_people=2)]
+    bad = parser.parse_args(["--n", "2", "--distractor-people", "-1", "--out", str(out)])
+    with pytest.raises(Exception, match="--distractor-people"):
+        synth.check_arguments(bad)

@@ -69,3 +69,34 @@ def test_rollouts_sample_under_autocast_and_training_stays_float32(tiny_model_di
     seen.clear()
     model(torch.tensor([tok.encode("a b c")])).logits.sum().backward()  # a training forward after the rollouts
     assert seen == [(False, torch.get_autocast_dtype("cpu"))]
+
+
+@pytest.mark.parametrize("autocast", ["none", "bfloat16"])
+def test_rl_training_forward_runs_its_body_under_rl_autocast(tiny_model_dir, autocast):
+    """``rl.autocast``: the loss's forward (and backward) runs the transformer body under bfloat16 autocast;
+    the log-probs come back float32, close to the float32 ones, and gradients reach the float32 weights."""
+    from types import SimpleNamespace
+
+    from longrl.config import Config
+    from longrl.train.rl import Seq, piece_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = tok.encode("Kalor lives in Maple. Where does Kalor live?")
+    seqs = [Seq(group=0, prompt_ids=prompt, completion_ids=tok.encode(c), adv=1.0)
+            for c in ("Maple", "in Maple it is", "Cedar .")]
+    cfg = Config()
+    with torch.no_grad():
+        ref_BT, _, mask_BT = piece_logprobs(SimpleNamespace(cfg=cfg), model, seqs, with_entropy=False)
+    cfg.rl.autocast = autocast
+    seen = _record_autocast(model)
+    logps_BT, ent_BT, mask2_BT = piece_logprobs(SimpleNamespace(cfg=cfg), model, seqs, with_entropy=True)
+    assert seen and set(seen) == ({(False, torch.get_autocast_dtype("cpu"))} if autocast == "none"
+                                  else {(True, torch.bfloat16)})
+    assert logps_BT.dtype == ent_BT.dtype == torch.float32 and torch.equal(mask_BT, mask2_BT)
+    diff = (logps_BT - ref_BT).abs()[mask_BT].max()
+    assert (diff == 0) if autocast == "none" else (0 < diff < 0.1)   # bf16 rounding, not a different model
+    (logps_BT[mask_BT].sum()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert not torch.is_autocast_enabled("cpu")
