@@ -53,6 +53,8 @@ TASK_OF_FAMILY = {"lookup": "qa", "multihop": "qa", "numeric": "numeric", "mcq":
 LETTERS = "ABCD"
 MAX_COINS = 40
 HAYSTACKS = ("people", "prose")
+DISTRACTOR_PEOPLE = 8
+"""Default number of other people in a ``prose``-haystack document."""
 _PROSE_SUBJECTS = ("The old bridge", "A narrow path", "The river", "The morning bell", "A wooden cart", "The north wind",
                    "The village well", "A stone wall", "The lantern", "The mill wheel", "A flock of geese", "The tall clock")
 _PROSE_VERBS = ("stood quietly", "creaked softly", "was mended", "was painted green", "shone brightly", "was half hidden",
@@ -228,8 +230,8 @@ def _prose(rng: random.Random) -> str:
                     f"{rng.choice(_PROSE_TIMES)}." for _ in range(3))
 
 
-def _fill(w: _World, budget: int, count: Callable[[str], int], haystack: str = "people",
-          distractor_people: int = 8) -> list[tuple[str, int]]:
+def _fill(w: _World, budget: int, count: Callable[[str], int], haystack: str,
+          distractor_people: int) -> list[tuple[str, int]]:
     """Distractor paragraphs totalling at most ``budget`` tokens.
 
     ``people``: new people, then ``met`` sentences once the name pool is used up. ``prose``:
@@ -264,8 +266,8 @@ def _place(rng: random.Random, n_total: int, n_spread: int) -> list[int]:
             for k in parts]
 
 
-def _assemble(w: _World, q: Question, target_tokens: int, count: Callable[[str], int], haystack: str = "people",
-              distractor_people: int = 8) -> tuple[str, list[float]]:
+def _assemble(w: _World, q: Question, target_tokens: int, count: Callable[[str], int], haystack: str,
+              distractor_people: int) -> tuple[str, list[float]]:
     """The document text and the relative depth (0..1) of each evidence paragraph."""
     rng = w.rng
     required = {n: w.people[n].paragraph() for n in w.required}
@@ -291,7 +293,7 @@ def _assemble(w: _World, q: Question, target_tokens: int, count: Callable[[str],
 
 def make_sample(i: int, family: str, target_tokens: int, seed: int = 0, split: str = "train",
                 count_tokens: Callable[[str], int] | None = None, haystack: str = "people",
-                distractor_people: int = 8) -> DocQASample:
+                distractor_people: int = DISTRACTOR_PEOPLE) -> DocQASample:
     """Sample ``i`` of (split, seed, target_tokens): a document of about ``target_tokens`` tokens.
 
     ``haystack`` is what fills the document beyond the evidence: ``people`` (other people's
@@ -315,7 +317,7 @@ def make_sample(i: int, family: str, target_tokens: int, seed: int = 0, split: s
 
 def generate(n: int, target_tokens: int, seed: int = 0, families: Sequence[str] = FAMILIES,
              split: str = "train", count_tokens: Callable[[str], int] | None = None, haystack: str = "people",
-             distractor_people: int = 8) -> list[DocQASample]:
+             distractor_people: int = DISTRACTOR_PEOPLE) -> list[DocQASample]:
     """``n`` samples cycling through ``families``; ``generate(m)`` is a prefix of ``generate(n)``, m < n.
 
     ``count_tokens(text) -> int`` measures document length (default: ``word_count_tokens``); each
@@ -346,7 +348,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--haystack", choices=HAYSTACKS, default="people",
                         help="what fills a document beyond the evidence: other people's paragraphs (as many as fit), "
                              "or --distractor-people people then neutral prose")
-    parser.add_argument("--distractor-people", type=int, default=8,
+    parser.add_argument("--distractor-people", type=int, default=DISTRACTOR_PEOPLE,
                         help="--haystack prose: people besides the evidence and its near-duplicate names")
     parser.add_argument("--tokenizer", default="",
                         help="count tokens with this Hugging Face tokenizer (default: a word-based estimate)")
