@@ -31,9 +31,9 @@ from longrl.models.kernels import enable_activation_checkpointing
 from longrl.train.group_forward import group_logprobs
 
 
-def _loss_step(model, prompt, completions, adv_G, shared: bool, chunk: int, out: dict) -> None:
+def _loss_step(model, prompt, completions, adv_G, shared: bool, chunk: int, out: dict, autocast: str = "none") -> None:
     """Policy-gradient surrogate (token-mean) over the group, backward, grads cleared; keeps the log-probs."""
-    logps_GC, _, mask_GC = group_logprobs(model, prompt, completions, chunk=chunk, shared=shared)
+    logps_GC, _, mask_GC = group_logprobs(model, prompt, completions, chunk=chunk, shared=shared, autocast=autocast)
     ratio_GC = torch.exp(logps_GC - logps_GC.detach())
     loss = -(ratio_GC * adv_G[:, None] * mask_GC).sum() / mask_GC.sum()
     loss.backward()
@@ -60,6 +60,14 @@ def run(args) -> list[dict]:
             res[name] = measure(step, args.device, args.repeats, args.warmup)
             print(f"    {name}: {res[name][0]:.2f}s peak +{gib(res[name][1])} ({load_average()})", flush=True)
         mask = outs["shared"]["mask"]
+        if args.autocast != "none":   # rl.autocast: the same shared step with a bf16 body
+            outs["autocast"] = {}
+            step = functools.partial(_loss_step, model, prompt, comps, adv_G, True, args.chunk, outs["autocast"],
+                                     args.autocast)
+            t, peak = measure(step, args.device, args.repeats, args.warmup)
+            dlogp = (outs["autocast"]["logps"] - outs["shared"]["logps"])[mask].abs().max().item()
+            print(f"  P={p:>6} shared + rl.autocast={args.autocast}: {t:.2f}s {gib(peak)} | speed-up over float32 "
+                  f"shared {res['shared'][0] / t:.2f}x | max |dlogp| {dlogp:.1e}", flush=True)
         row = {"prompt": p, "naive_s": res["naive"][0], "shared_s": res["shared"][0],
                "naive_peak": res["naive"][1], "shared_peak": res["shared"][1],
                "max_abs_dlogp": (outs["shared"]["logps"] - outs["naive"]["logps"])[mask].abs().max().item()}
@@ -79,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
+    ap.add_argument("--autocast", choices=("none", "bfloat16"), default="none",
+                    help="also time the shared step under rl.autocast and print its ratio to float32")
     add_model_args(ap)
     add_common_args(ap)
     return ap

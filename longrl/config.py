@@ -459,8 +459,8 @@ class RLConfig:
     autocast: Literal["none", "bfloat16"] = "none"
     """Run the transformer body of the training forward (and of the old/reference log-prob passes) under
     ``torch.autocast`` in this dtype: bfloat16 matmuls, ~2.5x faster forward + backward for SmolLM2 on a
-    CPU with AVX512-BF16. The weights, the optimizer state, the output head and the log-probs stay
-    float32."""
+    CPU with AVX512-BF16 (``python -m bench.bench_group_forward --autocast bfloat16`` prints the ratio for a
+    given model size). The weights, the optimizer state, the output head and the log-probs stay float32."""
     max_nonfinite_in_row: int = 3
     """Stop after this many consecutive non-finite losses or gradients."""
     optim: OptimConfig = field(default_factory=OptimConfig)
