@@ -14,6 +14,7 @@ FULL_ARGS = {
     "rollout": ["--prompt-lens", "1024,4096", "--new-tokens", "64", "--G", "8"],
     "logprobs": ["--tokens", "16384,32768"],
     "trl_step": ["--prompt-lens", "64,4096", "--completion", "64", "--G", "8", "--checkpointing"],
+    "eval": ["--prompt-lens", "1024,2048", "--new-tokens", "64", "--batch", "8"],
 }
 
 
@@ -24,10 +25,10 @@ def main() -> None:
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--device", default="")
     args = ap.parse_args()
-    from bench import bench_group_forward, bench_logprobs, bench_rollout, bench_trl_step
+    from bench import bench_eval, bench_group_forward, bench_logprobs, bench_rollout, bench_trl_step
 
     modules = {"group_forward": bench_group_forward, "rollout": bench_rollout, "logprobs": bench_logprobs,
-               "trl_step": bench_trl_step}
+               "trl_step": bench_trl_step, "eval": bench_eval}
     for name in args.names or list(FULL_ARGS):
         argv = (FULL_ARGS[name] if args.full else []) + (["--device", args.device] if args.device else [])
         modules[name].main(argv)
