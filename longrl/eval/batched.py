@@ -7,7 +7,8 @@ batch under its own seed so the result does not depend on what ran before.
 The prompts themselves are prefilled one at a time (:func:`prefill_apart`): a lone prompt's attention is
 plain causal attention, while a left-padded batch's needs an explicit mask, which CPU attention kernels run
 far slower (SmolLM2, 2K-token prompts, batches of 8 on 2 cores: 4.75 -> 2.96 s per question;
-``bench/bench_eval.py``). The decode steps, where batching pays, still run as one batch.
+``bench/bench_eval.py``). The decode steps, where batching pays, still run as one batch. That is on a CPU;
+on a GPU (not measured there) the batch is prefilled at once, as before.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from transformers.cache_utils import DynamicLayer
 
 from longrl.eval.harness import Generation, Job
 from longrl.models import maybe_autocast
-from longrl.models.kernels import cache_kwargs
+from longrl.models.kernels import (
+    cache_kwargs,
+    install_shared_attention,
+    prepared_mask,
+    shared_prefix_unsupported_reason,
+    unwrap_peft,
+)
+from longrl.rollout.hf import sample_next
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -40,12 +48,12 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids_BT, mask_BT
 
 
-def prefill_apart(model, prompts: list[list[int]], width: int) -> DynamicCache | None:
-    """A cache of ``width - 1`` positions holding every prompt but its last token, each prompt prefilled on its
-    own and its keys/values right-aligned (the rows' padding positions stay zero; the attention mask hides
-    them). ``model.generate`` then runs only the last prompt tokens, as one batch. None where a layer's cache
-    is not a plain full-attention one (a sliding window would not survive the padding): prefill as a batch.
-    """
+def prefill_apart(model, prompts: list[list[int]], width: int,
+                  extra: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per layer, (keys, values) ``[B, Hkv, width - 1 + extra, D]`` holding every prompt but its last token,
+    each prompt prefilled on its own and right-aligned to column ``width - 1`` (its padding columns stay zero;
+    a mask must hide them); ``extra`` empty columns follow for the decode. None where a layer's cache is not
+    a plain full-attention one (a sliding window would not survive the padding): prefill as a batch."""
     device = next(model.parameters()).device
     keys_values: list[tuple[torch.Tensor, torch.Tensor]] = []
     for b, prompt in enumerate(prompts):
@@ -57,40 +65,126 @@ def prefill_apart(model, prompts: list[list[int]], width: int) -> DynamicCache |
         if not one.layers or any(type(layer) is not DynamicLayer for layer in one.layers):
             return None
         if not keys_values:
-            keys_values = [tuple(t.new_zeros(len(prompts), t.shape[1], width - 1, t.shape[3])
+            keys_values = [tuple(t.new_zeros(len(prompts), t.shape[1], width - 1 + extra, t.shape[3])
                                  for t in (layer.keys, layer.values)) for layer in one.layers]
         start = width - len(prompt)
-        for (k_BHTD, v_BHTD), layer in zip(keys_values, one.layers):
-            k_BHTD[b, :, start:] = layer.keys[0]
-            v_BHTD[b, :, start:] = layer.values[0]
-    if not keys_values:
+        for (k_BKCD, v_BKCD), layer in zip(keys_values, one.layers):
+            k_BKCD[b, :, start:width - 1] = layer.keys[0]
+            v_BKCD[b, :, start:width - 1] = layer.values[0]
+    return keys_values or None
+
+
+class PaddedDecodeCache:
+    """KV cache for decoding a left-padded batch of different prompts, written in place.
+
+    Row b's prompt occupies columns ``[start_b, width - 1)`` of preallocated per-layer buffers (from
+    :func:`prefill_apart`); decode step t writes column ``width - 1 + t`` for every row. :meth:`attention`
+    scores each row's query heads against its own keys per KV head (no repeat of the keys to the query heads)
+    with the padding columns masked, so a step costs one read of the cache: ``DynamicCache`` instead copies
+    the whole cache (``torch.cat``) every step. Plugged in like :class:`longrl.rollout.hf.GroupDecodeCache`.
+    """
+
+    def __init__(self, keys_values: list[tuple[torch.Tensor, torch.Tensor]], starts: list[int], width: int):
+        self.kv, self.col = keys_values, width - 1
+        k = keys_values[0][0]
+        columns = torch.arange(k.shape[2], device=k.device)
+        starts_B = torch.tensor(starts, device=k.device)
+        self.mask_B11C = torch.zeros(len(starts), 1, 1, k.shape[2], device=k.device).masked_fill(
+            (columns[None, :] < starts_B[:, None])[:, None, None, :], float("-inf"))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.col
+
+    def update(self, key_B1, value_B1, layer_idx: int, *args, **kwargs):
+        """Store this step's keys/values ([B, Hkv, 1, D]) in column ``col``; return the columns so far."""
+        k_BKCD, v_BKCD = self.kv[layer_idx]
+        k_BKCD[:, :, self.col] = key_B1[:, :, 0]
+        v_BKCD[:, :, self.col] = value_B1[:, :, 0]
+        return k_BKCD[:, :, :self.col + 1], v_BKCD[:, :, :self.col + 1]
+
+    def advance(self) -> None:
+        self.col += 1
+
+    def attention(self, module, query_BH1D, key_BKcD, value_BKcD, scaling):
+        """One query per row against its own columns, padding masked; ([B, 1, Hq, D], None)."""
+        b, hq, _, d = query_BH1D.shape
+        hkv, c = key_BKcD.shape[1], key_BKcD.shape[2]
+        scale = scaling if scaling is not None else d ** -0.5
+        q_BKrD = query_BH1D.reshape(b, hkv, hq // hkv, d) * scale  # head h = kv * r + j, as in repeat_kv
+        scores_BKrc = (q_BKrD @ key_BKcD.transpose(2, 3)).float() + self.mask_B11C[..., :c]
+        out_BKrD = torch.softmax(scores_BKrc, dim=-1).to(value_BKcD.dtype) @ value_BKcD
+        return out_BKrD.reshape(b, 1, hq, d), None
+
+
+def decode_padded(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+                  seed: int, stop_id: int | None, pad_id: int) -> list[list[int]] | None:
+    """Sampled completions (rows padded with ``pad_id`` after ``stop_id``, kept) of prompts prefilled apart and
+    decoded as one batch through :class:`PaddedDecodeCache`, with the rollout sampler
+    (:func:`longrl.rollout.hf.sample_next`, a generator seeded with ``seed``). None where the model is not one
+    the shared paths support: decode with ``generate``."""
+    if shared_prefix_unsupported_reason(model) is not None:
         return None
-    cache = DynamicCache(config=model.config)
-    for i, (k_BHTD, v_BHTD) in enumerate(keys_values):
-        cache.update(k_BHTD, v_BHTD, i)
-    return cache
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    keys_values = prefill_apart(model, prompts, width, extra=max_new_tokens)
+    if keys_values is None:
+        return None
+    base = unwrap_peft(model)
+    install_shared_attention(base.config)
+    cache = PaddedDecodeCache(keys_values, [width - len(p) for p in prompts], width)
+    decoder, head, mask = base.get_decoder(), base.get_output_embeddings(), prepared_mask(device)
+    rng = torch.Generator(device=device).manual_seed(seed)
+    tok_B = torch.tensor([p[-1] for p in prompts], device=device)
+    pos_B1 = torch.tensor([[len(p) - 1] for p in prompts], device=device)
+    finished_B = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    steps = []
+    for _ in range(max_new_tokens):
+        hidden_B1H = decoder(input_ids=tok_B[:, None], position_ids=pos_B1, use_cache=True, attention_mask=mask,
+                             longrl_decode=cache, **cache_kwargs(decoder, cache)).last_hidden_state
+        cache.advance()
+        tok_B = sample_next(head(hidden_B1H[:, -1]), temperature, top_p, rng).masked_fill(finished_B, pad_id)
+        steps.append(tok_B)
+        if stop_id is not None:
+            finished_B |= tok_B == stop_id
+        if bool(finished_B.all()):
+            break
+        pos_B1 = pos_B1 + 1
+    return torch.stack(steps, dim=1).tolist()
 
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                    top_p: float, seed: int, autocast: str = "none") -> list[tuple[list[int], bool]]:
     """(completion ids, stopped) per prompt: ids cut before the first end-of-sequence token; ``stopped`` when
-    there was one. The prompts are prefilled one at a time (:func:`prefill_apart`), decoded as one batch.
+    there was one. On a CPU the prompts are prefilled one at a time and decoded as one batch
+    (:func:`decode_padded`; ``model.generate`` continuing :func:`prefill_apart`'s cache for models the shared
+    paths do not support); elsewhere ``model.generate`` runs the whole batch.
     ``autocast``: see :func:`longrl.models.maybe_autocast`."""
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids_BT, mask_BT = left_pad(prompts, pad)
+    width = ids_BT.shape[1]
     sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
                 if temperature > 0 else {"do_sample": False})
     devices = [device.index or 0] if device.type == "cuda" else []
+    rows = None
     with torch.random.fork_rng(devices=devices), maybe_autocast(model, autocast):
-        cache = prefill_apart(model, prompts, ids_BT.shape[1]) if ids_BT.shape[1] > 1 else None
-        torch.manual_seed(seed)
-        out_BL = model.generate(input_ids=ids_BT.to(device), attention_mask=mask_BT.to(device),
-                                max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling,
-                                **(cache_kwargs(model, cache) if cache is not None else {}))
-    rows = out_BL[:, ids_BT.shape[1]:].tolist()
+        apart = device.type == "cpu" and width > 1 and max_new_tokens > 0  # measured on CPU only
+        if apart:
+            rows = decode_padded(model, prompts, max_new_tokens, temperature, top_p, seed, eos, pad)
+        if rows is None:
+            keys_values = prefill_apart(model, prompts, width) if apart else None
+            cache = None
+            if keys_values is not None:
+                cache = DynamicCache(config=model.config)
+                for i, (k_BKCD, v_BKCD) in enumerate(keys_values):
+                    cache.update(k_BKCD, v_BKCD, i)
+            torch.manual_seed(seed)
+            out_BL = model.generate(input_ids=ids_BT.to(device), attention_mask=mask_BT.to(device),
+                                    max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling,
+                                    **(cache_kwargs(model, cache) if cache is not None else {}))
+            rows = out_BL[:, width:].tolist()
     return [(row[:row.index(eos)], True) if eos in row else (row, False) for row in rows]
 
 
@@ -110,8 +204,9 @@ def length_batches(lengths: list[int], batch_size: int, token_budget: int) -> li
 
 class BatchedBackend:
     """Length-sorted, left-padded batches through ``model.generate``; a batch's seed depends only on
-    ``seed`` and its index. ``token_budget`` bounds a batch's padded prompt tokens: the attention of a
-    left-padded batch runs with an explicit mask, whose cost grows with batch x length^2."""
+    ``seed`` and its index. ``token_budget`` bounds a batch's padded prompt tokens: its KV cache, and on
+    models that prefill as a batch (:func:`prefill_apart` returns None) the masked attention, whose cost
+    grows with batch x length^2."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 32, seed: int = 0, token_budget: int = 1 << 62,
                  autocast: str = "none"):

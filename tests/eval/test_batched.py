@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import longrl.eval.batched as batched
-from longrl.eval.batched import generate_batch, left_pad, prefill_apart
+from longrl.eval.batched import generate_batch, prefill_apart
 from longrl.models import TINY_MODEL_TYPES, tiny_causal_lm
+from longrl.rollout.hf import sample_next
 
 VOCAB = 500
 EOS, PAD = 499, 498
@@ -16,7 +17,8 @@ PROMPTS = [[5, 17, 300, 42, 8, 9, 77, 123, 4, 4, 60], [600 % VOCAB, 2, 3], [7], 
 
 
 class Tok:
-    eos_token_id, pad_token_id = EOS, PAD
+    def __init__(self):
+        self.eos_token_id, self.pad_token_id = EOS, PAD
 
 
 def _tiny(model_type: str, **config):
@@ -36,44 +38,80 @@ def _alone(model, prompt, steps):
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 def test_batch_equals_each_prompt_alone(model_type):
     model = _tiny(model_type)
+    with torch.no_grad():
+        assert batched.decode_padded(model, PROMPTS, 2, 0.0, 1.0, 0, EOS, PAD) is not None  # the in-place decode ran
     got = generate_batch(model, Tok(), PROMPTS, max_new_tokens=12, temperature=0.0, top_p=1.0, seed=0)
     assert got == [_alone(model, p, 12) for p in PROMPTS]
     assert all(len(ids) > 0 for ids, _ in got)
 
 
+def test_generate_fallback_continues_the_prefilled_cache(monkeypatch):
+    """A model the in-place decode does not take still gets the prompts prefilled apart, then ``generate``."""
+    model = _tiny("llama")
+    monkeypatch.setattr(batched, "shared_prefix_unsupported_reason", lambda m: "not supported here")
+    calls = []
+    real = batched.prefill_apart
+    monkeypatch.setattr(batched, "prefill_apart", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    got = generate_batch(model, Tok(), PROMPTS, max_new_tokens=12, temperature=0.0, top_p=1.0, seed=0)
+    assert calls == [max(map(len, PROMPTS))]
+    assert got == [_alone(model, p, 12) for p in PROMPTS]
+
+
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 def test_prefill_apart_right_aligns_each_prompts_own_cache(model_type):
     model = _tiny(model_type)
-    ids_BT, _ = left_pad(PROMPTS, PAD)
-    width = ids_BT.shape[1]
+    width = max(map(len, PROMPTS))
     with torch.no_grad():
-        cache = prefill_apart(model, PROMPTS, width)
-        assert cache is not None and len(cache.layers) == 2
+        keys_values = prefill_apart(model, PROMPTS, width, extra=5)
+        assert keys_values is not None and len(keys_values) == 2
         for b, p in enumerate(PROMPTS):
-            keys = cache.layers[0].keys[b]  # [Hkv, width - 1, D]
-            assert keys.shape[1] == width - 1
+            keys = keys_values[0][0][b]  # [Hkv, width - 1 + 5, D]
+            assert keys.shape[1] == width - 1 + 5
             pad = width - len(p)
-            assert torch.count_nonzero(keys[:, :pad]) == 0, f"row {b}: its padding positions must stay empty"
+            assert torch.count_nonzero(keys[:, :pad]) == 0, f"row {b}: its padding columns must stay empty"
+            assert torch.count_nonzero(keys[:, width - 1:]) == 0, "the decode columns start empty"
             if len(p) > 1:
                 alone = model(input_ids=torch.tensor([p[:-1]]), use_cache=True).past_key_values
-                torch.testing.assert_close(keys[:, pad:], alone.layers[0].keys[0])
+                torch.testing.assert_close(keys[:, pad:width - 1], alone.layers[0].keys[0])
 
 
-def test_sampling_draws_the_same_tokens_as_a_batch_prefill(monkeypatch):
-    """At T > 0 the batch's seed drives the same draws whichever way the prompts were prefilled."""
+def _reference_sampling(model, prompts, steps, temperature, top_p, seed):
+    """The same sampler, every step recomputing each row's unpadded sequence from scratch; [B, steps]."""
+    rng = torch.Generator().manual_seed(seed)
+    seqs = [list(p) for p in prompts]
+    with torch.no_grad():
+        for _ in range(steps):
+            logits_BV = torch.cat([model(input_ids=torch.tensor([s])).logits[:, -1] for s in seqs])
+            for s, tok in zip(seqs, sample_next(logits_BV, temperature, top_p, rng).tolist()):
+                s.append(tok)
+    return [s[len(p):] for s, p in zip(seqs, prompts)]
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "llama"])
+def test_sampling_equals_full_recompute(model_type):
+    """At T > 0 each batch draws from the batch's seed exactly what recomputing every row alone would."""
+    model = _tiny(model_type)
+    tok = Tok()
+    tok.eos_token_id = None
+    got = generate_batch(model, tok, PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3)
+    want = _reference_sampling(model, PROMPTS, 10, 1.0, 0.9, seed=3)
+    assert [ids for ids, _ in got] == want and not any(stopped for _, stopped in got)
+    assert got != generate_batch(model, tok, PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=4)
+
+
+def test_rows_stop_at_their_own_end_token():
     model = _tiny("llama")
-    apart = generate_batch(model, Tok(), PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3)
-    assert apart == generate_batch(model, Tok(), PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3)
-    monkeypatch.setattr(batched, "prefill_apart", lambda *a, **k: None)
-    assert apart == generate_batch(model, Tok(), PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3)
-    assert apart != generate_batch(model, Tok(), PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=4)
+    out = batched.decode_padded(model, PROMPTS, 30, 1.0, 1.0, 0, stop_id=7, pad_id=PAD)
+    for row in out:
+        if 7 in row:
+            assert set(row[row.index(7) + 1:]) <= {PAD}, "a finished row keeps only padding"
 
 
 def test_sliding_window_layers_prefill_as_a_batch():
     """A sliding-window cache would drop the padded rows' keys: those models keep the batch prefill."""
     model = _tiny("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
-    ids_BT, _ = left_pad(PROMPTS, PAD)
     with torch.no_grad():
-        assert prefill_apart(model, PROMPTS, ids_BT.shape[1]) is None
+        assert prefill_apart(model, PROMPTS, max(map(len, PROMPTS))) is None
+        assert batched.decode_padded(model, PROMPTS, 4, 0.0, 1.0, 0, EOS, PAD) is None
     got = generate_batch(model, Tok(), PROMPTS, max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0)
     assert [len(ids) for ids, stopped in got if not stopped] == [6] * sum(not s for _, s in got)
