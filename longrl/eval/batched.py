@@ -48,6 +48,12 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids_BT, mask_BT
 
 
+APART_MIN_TOKENS = 512
+"""Padded prompt width from which :func:`generate_batch` prefills apart and decodes in place (on a CPU). Below
+it ``model.generate`` runs the batch: there the masked prefill and the cache copies are cheap, and the
+short-document demos keep the evaluation (and the sampling stream) their published numbers came from."""
+
+
 def prefill_apart(model, prompts: list[list[int]], width: int,
                   extra: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Per layer, (keys, values) ``[B, Hkv, width - 1 + extra, D]`` holding every prompt but its last token,
@@ -156,9 +162,10 @@ def decode_padded(model, prompts: list[list[int]], max_new_tokens: int, temperat
 def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                    top_p: float, seed: int, autocast: str = "none") -> list[tuple[list[int], bool]]:
     """(completion ids, stopped) per prompt: ids cut before the first end-of-sequence token; ``stopped`` when
-    there was one. On a CPU the prompts are prefilled one at a time and decoded as one batch
-    (:func:`decode_padded`; ``model.generate`` continuing :func:`prefill_apart`'s cache for models the shared
-    paths do not support); elsewhere ``model.generate`` runs the whole batch.
+    there was one. On a CPU, from :data:`APART_MIN_TOKENS` padded prompt tokens, the prompts are prefilled one
+    at a time and decoded as one batch (:func:`decode_padded`; ``model.generate`` continuing
+    :func:`prefill_apart`'s cache for models the shared paths do not support); otherwise ``model.generate``
+    runs the whole batch.
     ``autocast``: see :func:`longrl.models.maybe_autocast`."""
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
@@ -170,7 +177,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     devices = [device.index or 0] if device.type == "cuda" else []
     rows = None
     with torch.random.fork_rng(devices=devices), maybe_autocast(model, autocast):
-        apart = device.type == "cpu" and width > 1 and max_new_tokens > 0  # measured on CPU only
+        apart = device.type == "cpu" and width >= APART_MIN_TOKENS and max_new_tokens > 0
         if apart:
             rows = decode_padded(model, prompts, max_new_tokens, temperature, top_p, seed, eos, pad)
         if rows is None:

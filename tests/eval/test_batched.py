@@ -21,6 +21,26 @@ class Tok:
         self.eos_token_id, self.pad_token_id = EOS, PAD
 
 
+@pytest.fixture(autouse=True)
+def apart_from_two_tokens(monkeypatch):
+    """The prompts here are short: take the prefill-apart path from 2 tokens on (except where a test resets it)."""
+    monkeypatch.setattr(batched, "APART_MIN_TOKENS", 2)
+
+
+def test_only_long_batches_leave_generate(monkeypatch):
+    """Short batches (the short-document demos) stay on ``model.generate``; long ones decode in place."""
+    monkeypatch.setattr(batched, "APART_MIN_TOKENS", 512)
+    model = _tiny("qwen2")
+    calls = []
+    real = batched.decode_padded
+    monkeypatch.setattr(batched, "decode_padded", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    short = generate_batch(model, Tok(), PROMPTS, max_new_tokens=4, temperature=0.0, top_p=1.0, seed=0)
+    assert calls == [] and short == [_alone(model, p, 4) for p in PROMPTS]
+    long_prompts = [[(7 * i + j) % 400 for j in range(n)] for i, n in enumerate((512, 300))]
+    long = generate_batch(model, Tok(), long_prompts, max_new_tokens=4, temperature=0.0, top_p=1.0, seed=0)
+    assert calls == [2] and long == [_alone(model, p, 4) for p in long_prompts]
+
+
 def _tiny(model_type: str, **config):
     return tiny_causal_lm(model_type, vocab_size=VOCAB, hidden_size=64, num_layers=2, max_position_embeddings=256,
                           tie_word_embeddings=False, eos_token_id=EOS, bos_token_id=None, **config).eval()
