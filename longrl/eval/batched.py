@@ -180,10 +180,11 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     rows = None
     with torch.random.fork_rng(devices=devices), maybe_autocast(model, autocast):
         apart = device.type == "cpu" and width >= APART_MIN_TOKENS and max_new_tokens > 0
-        if apart:
+        in_place = apart and shared_prefix_unsupported_reason(model) is None
+        if in_place:  # None back means prefill_apart refused the cache: prefilling apart again would too
             rows = decode_padded(model, prompts, max_new_tokens, temperature, top_p, seed, eos, pad)
         if rows is None:
-            keys_values = prefill_apart(model, prompts, width) if apart else None
+            keys_values = prefill_apart(model, prompts, width) if apart and not in_place else None
             cache = None
             if keys_values is not None:
                 cache = DynamicCache(config=model.config)

@@ -135,3 +135,13 @@ def test_sliding_window_layers_prefill_as_a_batch():
         assert batched.decode_padded(model, PROMPTS, 4, 0.0, 1.0, 0, EOS, PAD) is None
     got = generate_batch(model, Tok(), PROMPTS, max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0)
     assert [len(ids) for ids, stopped in got if not stopped] == [6] * sum(not s for _, s in got)
+
+
+def test_a_refused_prefill_is_not_tried_twice(monkeypatch):
+    """When the in-place decode's prefill refuses the cache, the batch goes straight to ``generate``."""
+    model = _tiny("llama")
+    calls = []
+    monkeypatch.setattr(batched, "prefill_apart", lambda *a, **k: calls.append(a[2]))
+    got = generate_batch(model, Tok(), PROMPTS, max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0)
+    assert calls == [max(map(len, PROMPTS))]
+    assert got == [_alone(model, p, 6) for p in PROMPTS]
