@@ -238,6 +238,9 @@ class RewardConfig:
     """Weight of the judge verdict when combine = 'weighted'."""
     require_think: bool = True
     """No '</think>' in the response = format failure, score 0 (training)."""
+    single_think: bool = False
+    """Two or more '</think>' in the response (thinking closed more than once, e.g. the answer block repeated
+    until the budget runs out) = format failure, score 0 (training; held-out scoring is unchanged)."""
     max_consecutive_judge_failures: int = 50
     """Stop training when this many judge calls in a row give no verdict (0 = never stop)."""
     judge_tasks: list[str] = field(default_factory=lambda: ["qa", "numeric"])
@@ -1053,8 +1056,8 @@ class Config:
         """Stable short hash of the resolved config (stage manifests). A default ``verl`` or ``agent``
         section is left out, so run directories made before the section existed keep their hash; the
         ``distill`` section (used only by ``longrl distill``) never counts; nor do an empty
-        ``pipeline.eval_skip``, ``autocast: none`` (eval, rollout, rl) and the synthetic ``people``
-        haystack's settings."""
+        ``pipeline.eval_skip``, ``autocast: none`` (eval, rollout, rl), ``reward.single_think: false`` and the synthetic
+        ``people`` haystack's settings."""
         data = self.to_dict()
         data.pop("distill", None)
         if self.verl == VerlEngineConfig():
@@ -1066,6 +1069,8 @@ class Config:
         if self.pipeline.synthetic.haystack == "people":
             data["pipeline"]["synthetic"].pop("haystack")
             data["pipeline"]["synthetic"].pop("distractor_people")
+        if not self.reward.single_think:
+            data["reward"].pop("single_think")
         for section in ("eval", "rollout", "rl"):
             if data[section]["autocast"] == "none":
                 data[section].pop("autocast")

@@ -38,6 +38,7 @@ from longrl.pipeline import (
     Pipeline,
     StageError,
     behaviour_report,
+    depth_table,
     markdown_table,
     ordered_sets,
     phase_names,
@@ -80,6 +81,8 @@ QUICK_NOTE = ("`--quick` checks that every stage runs, not that the model learns
               "and RL steps, a handful of held-out questions) accuracy is expected to stay near 0%. "
               "Run `longrl demo` without --quick to see learning.")
 """Printed with the verdict (console and summary.md) of a ``--quick`` run, so 0.0% -> 0.0% is not read as broken."""
+DEPTH_NOTE = ("Questions with a single evidence paragraph (lookup, multiple choice), by that paragraph's position in "
+              "the document. A cell of ~20 questions has a standard error of ~10 points.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -253,8 +256,10 @@ def write_report(cfg, manifests: list[dict[str, Any]], wall_s: float, command: s
     text = verdict(cfg, table) + (f"\n\n{QUICK_NOTE}" if quick else "")
 
     behaviours = report_section(behaviour_report(cfg, out, out / "plots" / "behaviours.png"), "plots/behaviours.png")
+    depth = depth_table(cfg)
+    depth_md = (f"## Held-out accuracy (%) by where the evidence lies\n\n{DEPTH_NOTE}\n\n{depth}\n\n" if depth else "")
     (out / "summary.md").write_text(summary_markdown(cfg, manifests, table_md, text, wall_s, command, n_samples)
-                                    + "\n" + behaviours)
+                                    + "\n" + depth_md + behaviours)
     figures = verdict_figures(cfg, table)
     if figures:
         figures["families"] = family_accuracy(dict(table)[figures["phases"][-1]])

@@ -14,6 +14,22 @@ def test_defaults_validate_and_round_trip(tmp_path):
     assert again == cfg and again.hash() == cfg.hash()
 
 
+def test_single_think_off_leaves_the_hash_of_older_runs_alone():
+    """Run directories made before reward.single_think existed resume: off, the key is not hashed."""
+    import hashlib
+    import json
+
+    cfg = load_config(None, ["pipeline.eval_skip=[init]"])
+    data = cfg.to_dict()
+    del data["reward"]["single_think"], data["distill"], data["verl"], data["agent"]
+    for section in ("eval", "rollout", "rl"):
+        del data[section]["autocast"]
+    del data["pipeline"]["synthetic"]["haystack"], data["pipeline"]["synthetic"]["distractor_people"]
+    older = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.hash() == older
+    assert load_config(None, ["pipeline.eval_skip=[init]", "reward.single_think=true"]).hash() != older
+
+
 @pytest.mark.parametrize("data, key, text", [
     ({"rl": {"stepz": 3}}, "rl.stepz", "unknown key"),
     ({"rl": {"steps": "many"}}, "rl.steps", "expected an integer"),

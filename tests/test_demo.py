@@ -51,6 +51,9 @@ def test_quick_demo_end_to_end(quick_demo, capsys):
     assert "### Retrospective pool of phase2" in summary and "| difficulty | candidates | pool | served" in summary
     end = json.loads((out / "stages" / "phase2" / "manifest.json").read_text())["curriculum"]["end"]
     assert sum(end["curriculum/retro_served_hist"]) == end["curriculum/retro_samples"] > 0
+    assert "## Held-out accuracy (%) by where the evidence lies" in summary
+    assert "| documents | evidence in | questions | init | sft | phase1 | phase2 |" in summary
+    assert "| 160 tokens | " in summary.split("by where the evidence lies", 1)[1]
     assert "## Reasoning behaviours" in summary and "![behaviours over RL steps](plots/behaviours.png)" in summary
     per_stage = json.loads((report / "behaviours.json").read_text())["per_stage"]
     assert [r["stage"] for r in per_stage] == ["init", "sft", "phase1", "phase2"]
@@ -90,6 +93,37 @@ def test_configs_load():
     for name in ("demo_cpu.yaml", "demo_smollm2.yaml", "qwenlong_l1_32b.yaml", "r1_distill_1.5b_1gpu_vllm.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert len(cfg.curriculum.phases) >= 2, name
+
+
+def test_depth_table_bins_single_evidence_questions_by_position(tmp_path):
+    """Accuracy by evidence position: each single-evidence question in its third of the document, each
+    stage's predictions joined on (set, id); multi-evidence questions and other sets' ids do not count."""
+    from longrl.config import build_config
+    from longrl.data.readers import write_jsonl
+    from longrl.data.synth import generate
+    from longrl.pipeline import depth_table
+
+    cfg = build_config({"output_dir": str(tmp_path), "curriculum": {"phases": [
+        {"name": "phase1", "max_input_tokens": 400}, {"name": "phase2", "max_input_tokens": 800}]}})
+    samples = generate(5, 200, families=["lookup"], split="heldout")
+    for s, d in zip(samples, ([0.1], [0.2], [0.5], [0.95], [0.1, 0.9])):
+        s.metadata["evidence_depth"] = d
+    write_jsonl(samples, tmp_path / "data" / "heldout_200.jsonl")
+    acc = {"sft": [1, 0, 0, 1, 1], "phase1": [1, 1, 1, 0, 1]}
+    for stage, accs in acc.items():
+        rows = [{"set": "200", "id": s.id, "acc": a} for s, a in zip(samples, accs)]
+        rows.append({"set": "999", "id": samples[2].id, "acc": 1.0})           # another set's question
+        d = tmp_path / "stages" / stage
+        d.mkdir(parents=True)
+        (d / "heldout_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = depth_table(cfg).splitlines()
+    assert lines[0] == "| documents | evidence in | questions | sft | phase1 |"
+    assert lines[2:] == ["| 200 tokens | first third | 2 | 50.0 | 100.0 |",
+                         "| 200 tokens | middle third | 1 | 0.0 | 100.0 |",
+                         "| 200 tokens | last third | 1 | 100.0 | 0.0 |"]
+    (tmp_path / "stages" / "sft" / "heldout_predictions.jsonl").unlink()
+    (tmp_path / "stages" / "phase1" / "heldout_predictions.jsonl").unlink()
+    assert depth_table(cfg) == ""
 
 
 @pytest.mark.slow

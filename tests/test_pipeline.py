@@ -95,6 +95,8 @@ def test_every_stage_writes_a_complete_manifest(full_run):
     assert "retro/difficulty_hist" in p2["curriculum"]["transition"]
     assert [row[0] for row in table(cfg)] == ["init", "sft", "phase1", "phase2"]
     assert (stage_dir(cfg, STAGE_EVAL) / "table.md").is_file()
+    depth = (stage_dir(cfg, STAGE_EVAL) / "depth.md").read_text()
+    assert depth.startswith("| documents | evidence in | questions | init | sft | phase1 | phase2 |")
     behaviours = read_manifest(stage_dir(cfg, STAGE_EVAL))["metrics"]["behaviours"]
     assert [r["stage"] for r in behaviours] == ["init", "sft", "phase1", "phase2"]
     assert (stage_dir(cfg, STAGE_EVAL) / "behaviours.md").is_file()

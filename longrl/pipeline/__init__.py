@@ -30,7 +30,9 @@ from longrl.pipeline.data import (
 )
 from longrl.pipeline.init import PRETRAIN_METRICS, build_policy_from_scratch
 from longrl.pipeline.report import (
+    DEPTH_PARTS,
     behaviour_report,
+    depth_table,
     markdown_table,
     ordered_sets,
     percent,
@@ -60,9 +62,10 @@ from longrl.pipeline.stages import (
 from longrl.pipeline.training import TrainingStages
 
 __all__ = [
-    "CURRICULUM_END", "MANIFEST", "PRETRAIN_METRICS", "STAGE_EVAL", "STAGE_INIT", "STAGE_SFT", "Pipeline",
-    "PipelineBase", "PipelineData", "StageError", "StageEvent", "TrainingStages", "behaviour_report",
-    "build_policy_from_scratch", "check_inputs", "file_data", "load_data", "markdown_table", "ordered_sets", "percent",
-    "phase_data", "phase_names", "pool_composition", "pool_line", "print_event", "progress_bar", "read_manifest", "samples_hash",
-    "select_stages", "stage_dir", "stage_names", "synthetic_data", "read_heldout", "write_data", "write_manifest",
+    "CURRICULUM_END", "DEPTH_PARTS", "MANIFEST", "PRETRAIN_METRICS", "Pipeline", "PipelineBase", "PipelineData",
+    "STAGE_EVAL", "STAGE_INIT", "STAGE_SFT", "StageError", "StageEvent", "TrainingStages", "behaviour_report",
+    "build_policy_from_scratch", "check_inputs", "depth_table", "file_data", "load_data", "markdown_table",
+    "ordered_sets", "percent", "phase_data", "phase_names", "pool_composition", "pool_line", "print_event",
+    "progress_bar", "read_heldout", "read_manifest", "samples_hash", "select_stages", "stage_dir", "stage_names",
+    "synthetic_data", "write_data", "write_manifest",
 ]

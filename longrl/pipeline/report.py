@@ -7,7 +7,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from longrl.analysis.behaviours import run_documents, write_stage_report
+from longrl.analysis.behaviours import read_jsonl, run_documents, write_stage_report
+from longrl.pipeline.data import read_heldout
 from longrl.pipeline.stages import StageEvent, phase_names, stage_dir, stage_names
 
 
@@ -85,6 +86,40 @@ def markdown_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines.append("| **all** | **all** | " + " | ".join(percent(t["acc"]) for _, t in rows) + " |")
     per_set = ", ".join(f"{s}: {first['sets'][s]['n']}" for s in sets)
     lines.append(f"\n{first['n']} held-out generations per stage ({per_set}).")
+    return "\n".join(lines)
+
+
+DEPTH_PARTS = ("first third", "middle third", "last third")
+
+
+def depth_table(cfg) -> str:
+    """Markdown: held-out accuracy (%) by where the evidence lies in the document, per document length and stage.
+
+    Only questions with one evidence paragraph (``metadata["evidence_depth"]`` of length 1: synthetic lookup
+    and multiple-choice questions) count, binned by that paragraph's relative depth into thirds; '' when the
+    run has no such question or no evaluated stage. This is the "lost in the middle" view of a length."""
+    held = read_heldout(Path(cfg.output_dir) / "data")
+    depth = {(label, s.id): s.metadata["evidence_depth"][0] for label, samples in held.items() for s in samples
+             if len(s.metadata.get("evidence_depth") or []) == 1}
+    stages = [(n, stage_dir(cfg, n) / "heldout_predictions.jsonl") for n in stage_names(cfg)]
+    stages = [(n, read_jsonl(p)) for n, p in stages if p.is_file()]
+    if not depth or not stages:
+        return ""
+    part = {key: min(int(d * 3), 2) for key, d in depth.items()}
+    sets = sorted({label for label, _ in part}, key=lambda k: (0, int(k), k) if k.isdigit() else (1, 0, k))
+    lines = ["| documents | evidence in | questions | " + " | ".join(n for n, _ in stages) + " |",
+             "|" + "---|" * (3 + len(stages))]
+    for label in sets:
+        for i, name in enumerate(DEPTH_PARTS):
+            ids = {sid for (lab, sid), k in part.items() if lab == label and k == i}
+            if not ids:
+                continue
+            cells = []
+            for _, rows in stages:
+                accs = [float(r["acc"]) for r in rows if r.get("set") == label and r.get("id") in ids]
+                cells.append(percent(sum(accs) / len(accs) if accs else float("nan")))
+            doc = f"{label} tokens" if label.isdigit() else label
+            lines.append(f"| {doc} | {name} | {len(ids)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from longrl.eval.harness import InProcessBackend, evaluate_benchmarks, load_samples
 from longrl.locations import check_model_config
-from longrl.pipeline.report import behaviour_report, markdown_table
+from longrl.pipeline.report import behaviour_report, depth_table, markdown_table
 from longrl.pipeline.stages import (
     STAGE_EVAL,
     STAGE_INIT,
@@ -74,6 +74,9 @@ class Pipeline(TrainingStages):
         if self.accelerator.is_main_process and rows:
             d.mkdir(parents=True, exist_ok=True)
             (d / "table.md").write_text(markdown_table(rows) + "\n")
+            depth = depth_table(self.cfg)
+            if depth:
+                (d / "depth.md").write_text(depth + "\n")
             m["metrics"]["behaviours"] = behaviour_report(self.cfg, d, d / "behaviours.png")["per_stage"]
         if self.cfg.eval.benchmarks:
             m["metrics"]["benchmarks"] = self.benchmark_eval(input_model, d)

@@ -129,7 +129,8 @@ class HybridReward:
 
     def score_batch(self, items: Sequence[RewardItem]) -> list[RewardResult]:
         rules = [rule_score(it.task, it.response, it.answers, question=it.question, document=it.document,
-                            require_think=self.cfg.require_think) for it in items]
+                            require_think=self.cfg.require_think, single_think=self.cfg.single_think)
+                 for it in items]
         skips = [self._skip_reason(it, r) for it, r in zip(items, rules)]
         verdicts = self._ask_judge(items, rules, skips)
         results = []

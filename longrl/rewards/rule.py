@@ -29,7 +29,7 @@ class RuleResult:
     format_ok: bool
     """The response has '</think>' (when required) and an answer marker or \\boxed{}."""
     reason: str
-    """'match', 'no match', 'no </think>', 'no answer', or 'degenerate: <why>'."""
+    """'match', 'no match', 'no </think>', 'repeated </think>', 'no answer', or 'degenerate: <why>'."""
 
 
 def parse_ground_truth(gt: object) -> list[str]:
@@ -63,14 +63,19 @@ def _matches(task: str, pred: str, answers: list[str]) -> bool:
 
 
 def rule_score(task: str, response: str, answers: list[str], question: str = "", document: str = "",
-               require_think: bool = True) -> RuleResult:
-    """Score one response against its gold answers. Raises only on a bad task or an empty gold list."""
+               require_think: bool = True, single_think: bool = False) -> RuleResult:
+    """Score one response against its gold answers. Raises only on a bad task or an empty gold list.
+
+    ``single_think``: a response that closes its thinking more than once (two or more ``</think>``, e.g. an
+    answer block repeated until the token budget) is a format failure, reason 'repeated </think>'."""
     if task not in TASK_TYPES:
         raise ValueError(f"task must be one of {TASK_TYPES}, got {task!r}")
     if not answers:
         raise ValueError("no gold answers to score against")
     if require_think and (not isinstance(response, str) or "</think>" not in response):
         return RuleResult(0.0, False, None, False, "no </think>")
+    if single_think and isinstance(response, str) and response.count("</think>") > 1:
+        return RuleResult(0.0, False, None, False, "repeated </think>")
     pred = extract_answer(response, require_think=require_think)
     if pred is None:
         return RuleResult(0.0, False, None, False, "no answer")

@@ -59,6 +59,15 @@ def test_judge_asked_only_below_one_and_for_real_answers():
     assert m["judge/calls"] == 1
 
 
+def test_single_think_zeroes_a_repeated_answer_block_and_the_judge_cannot_rescue_it():
+    judge = FakeJudge({"Port Amber": True})
+    looped = RewardItem("qa", Q, resp("Port Amber") + "</think> Therefore, the answer is Port Amber.", ["Port Amber"])
+    out = HybridReward(RewardConfig(single_think=True), judge).score_batch([looped, item("Port Amber")])
+    assert [r.score for r in out] == [0.0, 1.0] and [r.judge_skip for r in out] == ["format", "rule score 1"]
+    assert judge.asked == []
+    assert HybridReward(RewardConfig(), judge).score_batch([looped])[0].score == 1.0
+
+
 def test_no_verdict_falls_back_to_rule_and_is_counted():
     hr = HybridReward(RewardConfig(), FakeJudge({"Norwick": False}))
     out = hr.score_batch([item("Norwick"), item("Lumen")])            # "Lumen": no verdict

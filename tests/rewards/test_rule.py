@@ -46,6 +46,15 @@ def test_format_failures():
     assert rule_score("qa", "Therefore, the answer is Paris.", ["Paris"], require_think=False).acc
 
 
+def test_single_think_fails_a_response_that_closes_its_thinking_twice():
+    looped = resp("Paris") + "\n</think>\nTherefore, the answer is Paris."      # the phase-2 drift of make demo-real
+    assert rule_score("qa", looped, ["Paris"]).acc                              # off (default): the last answer counts
+    r = rule_score("qa", looped, ["Paris"], single_think=True)
+    assert (r.score, r.acc, r.pred, r.format_ok, r.reason) == (0.0, False, None, False, "repeated </think>")
+    assert rule_score("qa", resp("Paris"), ["Paris"], single_think=True).acc   # one </think>: scored as usual
+    assert rule_score("qa", "Therefore, the answer is Paris.", ["Paris"], single_think=True).reason == "no </think>"
+
+
 def test_each_task_scores():
     assert rule_score("qa", resp("the University of Toronto"), ["UT", "University of Toronto"]).score == 1.0
     assert rule_score("numeric", resp("$1,234 million"), ["1234"]).score == 1.0
