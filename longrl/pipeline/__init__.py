@@ -30,7 +30,6 @@ from longrl.pipeline.data import (
 )
 from longrl.pipeline.init import PRETRAIN_METRICS, build_policy_from_scratch
 from longrl.pipeline.report import (
-    DEPTH_PARTS,
     behaviour_report,
     depth_table,
     markdown_table,
@@ -62,7 +61,7 @@ from longrl.pipeline.stages import (
 from longrl.pipeline.training import TrainingStages
 
 __all__ = [
-    "CURRICULUM_END", "DEPTH_PARTS", "MANIFEST", "PRETRAIN_METRICS", "Pipeline", "PipelineBase", "PipelineData",
+    "CURRICULUM_END", "MANIFEST", "PRETRAIN_METRICS", "Pipeline", "PipelineBase", "PipelineData",
     "STAGE_EVAL", "STAGE_INIT", "STAGE_SFT", "StageError", "StageEvent", "TrainingStages", "behaviour_report",
     "build_policy_from_scratch", "check_inputs", "depth_table", "file_data", "load_data", "markdown_table",
     "ordered_sets", "percent", "phase_data", "phase_names", "pool_composition", "pool_line", "print_event",

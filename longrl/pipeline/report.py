@@ -62,9 +62,14 @@ def percent(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f}"
 
 
+def set_order(label: str) -> tuple:
+    """Sort key of a held-out set label: numeric labels (document lengths) first, in increasing order."""
+    return (0, int(label), label) if label.isdigit() else (1, 0, label)
+
+
 def ordered_sets(table: dict[str, Any]) -> list[str]:
     """Set labels of an accuracy table, numeric labels (document lengths) in increasing order."""
-    return sorted(table["sets"], key=lambda k: (0, int(k), k) if k.isdigit() else (1, 0, k))
+    return sorted(table["sets"], key=set_order)
 
 
 def markdown_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -98,28 +103,32 @@ def depth_table(cfg) -> str:
     Only questions with one evidence paragraph (``metadata["evidence_depth"]`` of length 1: synthetic lookup
     and multiple-choice questions) count, binned by that paragraph's relative depth into thirds; '' when the
     run has no such question or no evaluated stage. This is the "lost in the middle" view of a length."""
-    held = read_heldout(Path(cfg.output_dir) / "data")
-    depth = {(label, s.id): s.metadata["evidence_depth"][0] for label, samples in held.items() for s in samples
-             if len(s.metadata.get("evidence_depth") or []) == 1}
+    cells: dict[tuple[str, int], list[str]] = {}      # (set label, third) -> the ids of its questions
+    for label, samples in read_heldout(Path(cfg.output_dir) / "data").items():
+        for s in samples:
+            depth = s.metadata.get("evidence_depth") or []
+            if len(depth) == 1:
+                cells.setdefault((label, min(int(depth[0] * 3), 2)), []).append(s.id)
     stages = [(n, stage_dir(cfg, n) / "heldout_predictions.jsonl") for n in stage_names(cfg)]
-    stages = [(n, read_jsonl(p)) for n, p in stages if p.is_file()]
-    if not depth or not stages:
+    accs = []                                          # per stage: (set label, id) -> its predictions' accuracies
+    for n, p in stages:
+        if p.is_file():
+            by_question: dict[tuple[str, str], list[float]] = {}
+            for r in read_jsonl(p):
+                by_question.setdefault((r.get("set"), r.get("id")), []).append(float(r["acc"]))
+            accs.append((n, by_question))
+    if not cells or not accs:
         return ""
-    part = {key: min(int(d * 3), 2) for key, d in depth.items()}
-    sets = sorted({label for label, _ in part}, key=lambda k: (0, int(k), k) if k.isdigit() else (1, 0, k))
-    lines = ["| documents | evidence in | questions | " + " | ".join(n for n, _ in stages) + " |",
-             "|" + "---|" * (3 + len(stages))]
-    for label in sets:
-        for i, name in enumerate(DEPTH_PARTS):
-            ids = {sid for (lab, sid), k in part.items() if lab == label and k == i}
-            if not ids:
-                continue
-            cells = []
-            for _, rows in stages:
-                accs = [float(r["acc"]) for r in rows if r.get("set") == label and r.get("id") in ids]
-                cells.append(percent(sum(accs) / len(accs) if accs else float("nan")))
-            doc = f"{label} tokens" if label.isdigit() else label
-            lines.append(f"| {doc} | {name} | {len(ids)} | " + " | ".join(cells) + " |")
+    lines = ["| documents | evidence in | questions | " + " | ".join(n for n, _ in accs) + " |",
+             "|" + "---|" * (3 + len(accs))]
+    for label, third in sorted(cells, key=lambda c: (set_order(c[0]), c[1])):
+        ids = cells[label, third]
+        row = []
+        for _, acc in accs:
+            got = [a for i in ids for a in acc.get((label, i), [])]
+            row.append(percent(sum(got) / len(got) if got else float("nan")))
+        doc = f"{label} tokens" if label.isdigit() else label
+        lines.append(f"| {doc} | {DEPTH_PARTS[third]} | {len(ids)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
